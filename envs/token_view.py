@@ -140,6 +140,9 @@ class TokenCodec:
     def __init__(self, tokenizer: Any, eou_id: int | None = None) -> None:
         self.tokenizer = tokenizer
         self._hf = hasattr(tokenizer, "convert_tokens_to_ids")
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        # Word-level HF tokenizers decode with the lab's joining rule, like WordTokenizer.
+        self._word_level = backend is not None and type(backend.model).__name__ == "WordLevel"
         if eou_id is None:
             eou_id = getattr(tokenizer, "eou_token_id", None)
         if eou_id is None:
@@ -158,6 +161,8 @@ class TokenCodec:
 
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids]
+        if self._word_level:
+            return join_pieces(self.tokenizer.convert_ids_to_tokens(ids, skip_special_tokens=True))
         if self._hf:
             return str(self.tokenizer.decode(ids, skip_special_tokens=True))
         return str(self.tokenizer.decode(ids))

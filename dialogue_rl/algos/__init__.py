@@ -1,0 +1,10 @@
+"""Offline learners, one per file. ``LEARNERS`` maps an algo name to its class."""
+
+from dialogue_rl.algos.base import Learner, TokenBatch, action_logprobs, shifted_action_mask
+from dialogue_rl.algos.bc import BC
+from dialogue_rl.algos.filtered_bc import FilteredBC, top_fraction
+
+LEARNERS: dict[str, type[Learner]] = {"bc": BC, "filtered_bc": FilteredBC}
+
+__all__ = ["BC", "LEARNERS", "FilteredBC", "Learner", "TokenBatch", "action_logprobs",
+           "shifted_action_mask", "top_fraction"]

@@ -1,0 +1,72 @@
+"""What every learner shares: the batch layout, the token alignment, the update.
+
+A token batch (from :func:`dialogue_rl.data.collate_tokens`) holds, per dialogue
+padded to length ``L``: ``input_ids``, ``attention_mask``, ``action_mask`` (true at
+positions ``j`` whose token is an agent action: its utterance tokens and closing
+``<eou>``), ``rewards`` (the utterance reward on its ``<eou>``), ``dones`` and
+``next_state``. The LM's hidden state at position ``j - 1`` is the state ``s_j`` in
+which action ``a_j = input_ids[j]`` is taken, so every per-action quantity is read at
+``j - 1`` and compared with the token at ``j``; :func:`shifted_action_mask` gives that
+alignment once for all learners.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TokenBatch = dict[str, torch.Tensor]
+
+
+def shifted_action_mask(batch: TokenBatch) -> torch.Tensor:
+    """``[B, L-1]`` mask: position ``t`` is a state whose next token ``t+1`` is an action."""
+    return batch["action_mask"][:, 1:].bool()
+
+
+def action_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """``log pi(a_{t+1} | s_t)`` for every position: ``[B, L-1]`` from logits ``[B, L, V]``."""
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+
+
+class Learner(nn.Module):
+    """Base class: a learner owns its modules and defines its loss.
+
+    Subclasses implement :meth:`loss` and, when they keep target networks,
+    :meth:`after_step`. The shared training loop (``dialogue_rl.train``) does the
+    optimisation; :meth:`update` is the single-batch version of that step.
+    """
+
+    name: str = "learner"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def loss(self, batch: TokenBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after every optimiser step (e.g. Polyak averaging of target heads)."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def update(self, batch: TokenBatch, optimizer: torch.optim.Optimizer, grad_clip: float = 1.0) -> dict[str, Any]:
+        """One optimisation step on ``batch``: loss, backward, clip, step, after_step."""
+        self.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss, metrics = self.loss(batch)
+        loss.backward()
+        if grad_clip > 0:
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), grad_clip))
+        optimizer.step()
+        self.after_step()
+        return metrics
+
+    def prepare_dataset(self, examples: list[dict], rows_returns: list[float]) -> list[dict]:
+        """Hook to filter or relabel the tokenised dataset before training (identity)."""
+        return examples

@@ -1,0 +1,99 @@
+"""Structured-config schema of every run (dataclasses registered in Hydra's ConfigStore).
+
+The yaml files under ``conf/`` extend these schemas (``defaults: [<name>_schema]``),
+so an unknown key or a value of the wrong type fails when the config is composed,
+before any work starts. ``conf/train.yaml`` is the entry config of
+``scripts/train.py`` and ``scripts/evaluate.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from dialogue_rl.data.generate import DataConfig
+from dialogue_rl.loggers import LoggerConfig
+from dialogue_rl.models.lm import ModelConfig
+from dialogue_rl.train import TrainConfig
+
+
+@dataclass
+class EnvConfig:
+    """The evaluation environment (the dataset's env by default)."""
+
+    id: str = MISSING
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    max_utterance_tokens: int = 32
+
+
+@dataclass
+class EvalConfig:
+    n_episodes: int = 200
+    batch_size: int = 64
+    greedy: bool = True
+    temperature: float = 1.0
+    top_k: int = 0
+    policies: list[str] = field(default_factory=list)  # scripted policies to evaluate too
+
+
+@dataclass
+class AlgoConfig:
+    name: str = MISSING
+
+
+@dataclass
+class BCConfig(AlgoConfig):
+    name: str = "bc"
+
+
+@dataclass
+class FilteredBCConfig(AlgoConfig):
+    name: str = "filtered_bc"
+    fraction: float = 0.1
+
+
+ALGO_SCHEMAS: dict[str, type[AlgoConfig]] = {"bc": BCConfig, "filtered_bc": FilteredBCConfig}
+
+
+@dataclass
+class RunConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = MISSING
+    algo: AlgoConfig = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    data_root: str = "data"
+    dataset_path: str | None = None
+    init_from: str | None = None
+    checkpoint: str | None = None  # scripts/evaluate.py: a run's checkpoints/step_* (or the run dir)
+    policy: str | None = None  # scripts/evaluate.py: evaluate a scripted policy instead
+    progress: bool = True
+
+
+def register_configs() -> None:
+    """Register the schemas (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(group="env", name="env_schema", node=EnvConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+    for name, schema in ALGO_SCHEMAS.items():
+        cs.store(group="algo", name=f"{name}_schema", node=schema)
+
+
+def algo_kwargs(algo_cfg: Any) -> dict[str, Any]:
+    """The learner's constructor arguments: the algo config without its name."""
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(algo_cfg, resolve=True) if not isinstance(algo_cfg, dict) else dict(algo_cfg)
+    d.pop("name", None)
+    return d

@@ -1,0 +1,121 @@
+"""Evaluation: agents against environments on fixed seeds, normalised scores, bootstrap CIs.
+
+Evaluation seeds start at ``EVAL_SEED_OFFSET`` (1e9); dataset seeds are all below it,
+so an agent is never evaluated on an episode it saw in its data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from tqdm.auto import tqdm
+
+import envs
+from dialogue_rl.agents import Agent
+from envs.core import AGENT, DialogueEnv, Turn, render_transcript
+
+log = logging.getLogger(__name__)
+
+EVAL_SEED_OFFSET = 1_000_000_000
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean (seeded, so reproducible)."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) == 0:
+        return (float("nan"), float("nan"))
+    if len(x) == 1:
+        return (float(x[0]), float(x[0]))
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+    a = (1 - level) / 2
+    return (float(np.quantile(means, a)), float(np.quantile(means, 1 - a)))
+
+
+@dataclass
+class EvalResult:
+    env_id: str
+    mean_return: float
+    ci95: tuple[float, float]
+    normalized_score: float
+    normalized_ci95: tuple[float, float]
+    success_rate: float
+    mean_length: float
+    n_episodes: int
+    episodes: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("episodes")
+        d.pop("env_id")
+        d["ci95"] = list(self.ci95)
+        d["normalized_ci95"] = list(self.normalized_ci95)
+        return d
+
+
+def make_env(env_id: str, env_kwargs: dict | None = None) -> DialogueEnv:
+    return gym.make(env_id, **(env_kwargs or {})).unwrapped
+
+
+def evaluate(
+    agent: Agent,
+    env_id: str,
+    env_kwargs: dict | None = None,
+    n_episodes: int = 100,
+    batch_size: int = 32,
+    seed_offset: int = EVAL_SEED_OFFSET,
+    progress: bool = True,
+) -> EvalResult:
+    """Play ``n_episodes`` on seeds ``seed_offset + i`` in batches of lock-stepped envs."""
+    episodes: list[dict[str, Any]] = []
+    bar = tqdm(total=n_episodes, desc=f"eval {env_id}", disable=not progress, leave=False)
+    for start in range(0, n_episodes, batch_size):
+        seeds = list(range(seed_offset + start, seed_offset + min(n_episodes, start + batch_size)))
+        batch_envs = [make_env(env_id, env_kwargs) for _ in seeds]
+        infos = [e.reset(seed=s)[1] for e, s in zip(batch_envs, seeds)]
+        agent.reset(batch_envs, seeds)
+        returns = [0.0] * len(seeds)
+        active = list(range(len(seeds)))
+        while active:
+            utterances = agent.act([infos[i]["turns"] for i in active], active)
+            still = []
+            for i, u in zip(active, utterances):
+                _, r, term, trunc, infos[i] = batch_envs[i].step(u)
+                returns[i] += r
+                if not (term or trunc):
+                    still.append(i)
+            active = still
+        for i, s in enumerate(seeds):
+            turns: list[Turn] = infos[i]["turns"]
+            episodes.append({
+                "env_id": env_id, "seed": s, "return": returns[i], "success": bool(infos[i]["success"]),
+                "length": sum(1 for t in turns if t.speaker == AGENT),
+                "transcript": render_transcript(turns), "turns": [t.to_dict() for t in turns],
+            })
+        bar.update(len(seeds))
+    bar.close()
+    rets = [e["return"] for e in episodes]
+    ref = envs.reference_returns(env_id)
+    lo, hi = bootstrap_ci(rets)
+    mean = float(np.mean(rets))
+    return EvalResult(
+        env_id=env_id, mean_return=mean, ci95=(lo, hi), normalized_score=ref.normalize(mean),
+        normalized_ci95=(ref.normalize(lo), ref.normalize(hi)),
+        success_rate=float(np.mean([e["success"] for e in episodes])),
+        mean_length=float(np.mean([e["length"] for e in episodes])), n_episodes=len(episodes),
+        episodes=episodes,
+    )
+
+
+def write_samples(path: str | Path, result: EvalResult) -> None:
+    """One JSON line per evaluation dialogue."""
+    with open(path, "w") as f:
+        for e in result.episodes:
+            f.write(json.dumps(e) + "\n")

@@ -1,0 +1,227 @@
+"""One training run end to end: data, tokenizer, model, learner, training, evaluation, results.
+
+Used by ``scripts/train.py`` (and ``scripts/evaluate.py`` for saved agents). Writes
+into the run directory: ``results.json`` (DESIGN.md section 7), ``checkpoints/``,
+``tokenizer/``, ``samples.jsonl``, ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import envs
+from dialogue_rl import checkpoint as ckpt
+from dialogue_rl.agents import LMAgent, SamplingConfig, ScriptedAgent, banned_token_ids
+from dialogue_rl.algos import LEARNERS, Learner
+from dialogue_rl.config import algo_kwargs
+from dialogue_rl.data import collate_tokens, ensure_dataset, load_dataset, tokenize_dataset
+from dialogue_rl.data.generate import DataConfig
+from dialogue_rl.evaluation import EvalResult, evaluate, make_env, write_samples
+from dialogue_rl.loggers import RunLogger
+from dialogue_rl.models.lm import ModelConfig, build_model, resolve_device
+from dialogue_rl.models.tokenizer import build_word_tokenizer, codec as make_codec, load_tokenizer
+from dialogue_rl.train import TrainConfig, fit
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong (one line naming the key and the fix)."""
+
+
+def _abs(path: str, base: Path) -> Path:
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else base / p
+
+
+def load_data(cfg: DictConfig, base: Path):
+    """The run's dataset: ``dataset_path`` if given, else the generated recipe (cached)."""
+    if cfg.dataset_path:
+        return load_dataset(_abs(cfg.dataset_path, base))
+    data_cfg = DataConfig(**OmegaConf.to_container(cfg.data, resolve=True))
+    return load_dataset(ensure_dataset(data_cfg, _abs(cfg.data_root, base)))
+
+
+def build_tokenizer(cfg: DictConfig, dataset, run_dir: Path):
+    if cfg.model.pretrained:
+        tok = load_tokenizer(cfg.model.pretrained)
+    else:
+        env_cls = type(make_env(cfg.env.id, dict(cfg.env.kwargs)))
+        texts = (t["text"] for split in dataset.values() for turns in split["turns"] for t in turns)
+        tok = build_word_tokenizer(env_cls.vocabulary(), texts)
+    tok.save_pretrained(str(run_dir / "tokenizer"))
+    return tok
+
+
+def make_learner(algo_cfg: Any, model: torch.nn.Module) -> Learner:
+    name = algo_cfg.name
+    if name not in LEARNERS:
+        raise ConfigError(f"algo.name={name!r}: unknown learner; choose one of {sorted(LEARNERS)}")
+    return LEARNERS[name](model, **algo_kwargs(algo_cfg))
+
+
+def learner_agent(learner: Learner, tok, cfg: DictConfig, device: torch.device, seed: int):
+    sampling = SamplingConfig(
+        greedy=cfg.eval.greedy, temperature=cfg.eval.temperature, top_k=cfg.eval.top_k,
+        max_utterance_tokens=cfg.env.max_utterance_tokens,
+    )
+    codec = make_codec(tok)
+    if hasattr(learner, "make_agent"):
+        return learner.make_agent(codec, sampling, device, seed, banned_token_ids(codec, tok))
+    return LMAgent(learner.model, codec, sampling, device, seed, banned_ids=banned_token_ids(codec, tok))
+
+
+def eval_summary(res: EvalResult) -> dict[str, Any]:
+    return res.summary()
+
+
+def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, Any]:
+    """Train ``cfg.algo`` on ``cfg.data``, evaluate on ``cfg.env``, write ``results.json``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_writable(run_dir)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    if cfg.env.id not in envs.env_ids():
+        raise ConfigError(f"env.id={cfg.env.id!r}: unknown env id; registered: {', '.join(envs.env_ids())}")
+    plain_cfg = OmegaConf.to_container(cfg, resolve=True)
+    logger = RunLogger(cfg.logger, run_dir, plain_cfg, name=run_dir.name)
+    t0 = time.perf_counter()
+    dataset = load_data(cfg, base_dir)
+    tok = build_tokenizer(cfg, dataset, run_dir)
+    codec = make_codec(tok)
+    model = build_model(ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)), tok)
+    learner = make_learner(cfg.algo, model)
+    if cfg.init_from:
+        _init_from(learner, _abs(cfg.init_from, base_dir))
+    train_split = dataset["train"]
+    examples = tokenize_dataset(train_split, codec, max_length=model.config.n_positions)
+    examples = learner.prepare_dataset(examples, [float(e["return"]) for e in examples])
+    log.info("training %s on %d dialogues (%s)", learner.name, len(examples), cfg.env.id)
+    train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
+    pad = tok.pad_token_id
+
+    def log_eval(step: int) -> dict[str, Any]:
+        res = evaluate(learner_agent(learner, tok, cfg, device, cfg.seed), cfg.env.id, dict(cfg.env.kwargs),
+                       n_episodes=min(100, cfg.eval.n_episodes), batch_size=cfg.eval.batch_size,
+                       progress=cfg.progress)
+        logger.log({f"eval/{k}": v for k, v in res.summary().items() if not isinstance(v, list)}, step)
+        logger.log_dialogues(res.episodes, step)
+        return res.summary()
+
+    train_stats = fit(
+        learner, examples, lambda ex: collate_tokens(ex, pad), train_cfg, device, seed=cfg.seed,
+        checkpoint_dir=run_dir / "checkpoints", resume=cfg.resume, log_fn=logger.log,
+        eval_fn=log_eval, extra={"config": plain_cfg}, progress=cfg.progress,
+    )
+    res = evaluate(learner_agent(learner, tok, cfg, device, cfg.seed), cfg.env.id, dict(cfg.env.kwargs),
+                   n_episodes=cfg.eval.n_episodes, batch_size=cfg.eval.batch_size, progress=cfg.progress)
+    write_samples(run_dir / "samples.jsonl", res)
+    logger.log({f"eval/{k}": v for k, v in res.summary().items() if not isinstance(v, list)}, cfg.train.steps)
+    logger.log_dialogues(res.episodes, cfg.train.steps)
+    results = {
+        "env_id": cfg.env.id, "algo": cfg.algo.name, "seed": int(cfg.seed), "config": plain_cfg,
+        "eval": res.summary(),
+        "train": {
+            "steps": train_stats["steps"], "tokens_per_s": train_stats["tokens_per_s"],
+            "wall_s": train_stats["wall_s"], "total_wall_s": time.perf_counter() - t0,
+            "n_dialogues": len(examples), "final_metrics": train_stats["final_metrics"],
+        },
+    }
+    write_results(run_dir, results)
+    logger.finish()
+    return results
+
+
+def run_scripted(cfg: DictConfig, run_dir: Path, policy: str) -> dict[str, Any]:
+    """Evaluate a scripted behaviour policy as if it were a learner (reference rows)."""
+    env_cls = type(make_env(cfg.env.id, dict(cfg.env.kwargs)))
+    pols = env_cls.policies()
+    if policy not in pols:
+        raise ConfigError(f"policy={policy!r}: unknown for {cfg.env.id}; choose one of {sorted(pols)}")
+    res = evaluate(ScriptedAgent(pols[policy]), cfg.env.id, dict(cfg.env.kwargs),
+                   n_episodes=cfg.eval.n_episodes, batch_size=cfg.eval.batch_size, progress=cfg.progress)
+    write_samples(run_dir / "samples.jsonl", res)
+    results = {
+        "env_id": cfg.env.id, "algo": f"scripted:{policy}", "seed": int(cfg.seed),
+        "config": OmegaConf.to_container(cfg, resolve=True), "eval": res.summary(),
+        "train": {"steps": 0, "tokens_per_s": 0.0, "wall_s": 0.0},
+    }
+    write_results(run_dir, results)
+    return results
+
+
+def write_results(run_dir: Path, results: dict[str, Any]) -> None:
+    tmp = run_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, run_dir / "results.json")
+
+
+def _init_from(learner: Learner, path: Path) -> None:
+    """Load the LM weights of a checkpoint (e.g. BC) into the learner's model."""
+    from safetensors.torch import load_file
+
+    if path.is_dir() and not (path / ckpt.STATE_FILE).exists():
+        found = ckpt.latest(path) or ckpt.latest(path / "checkpoints")
+        if found is None:
+            raise ckpt.CheckpointError(f"{path}: no valid checkpoint inside; pass a checkpoints/step_* directory")
+        path = found
+    ckpt.verify(path)
+    weights = load_file(str(path / ckpt.MODEL_FILE))
+    lm = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
+    missing, unexpected = learner.model.load_state_dict(lm, strict=False)
+    missing = [m for m in missing if not m.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise ckpt.CheckpointError(f"{path}: model weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    log.info("initialised the LM from %s", path)
+
+
+def _check_writable(run_dir: Path) -> None:
+    probe = run_dir / ".write_probe"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{run_dir}: output directory is not writable ({e.strerror}); pick another hydra.run.dir") from None
+
+
+def run_saved_agent(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, Any]:
+    """Evaluate a checkpoint written by :func:`run_training` (its own config and tokenizer)."""
+    path = _abs(cfg.checkpoint, base_dir)
+    if not path.exists():
+        raise ckpt.CheckpointError(f"{path}: checkpoint not found; pass checkpoint=<run dir or checkpoints/step_*>")
+    if not (path / ckpt.STATE_FILE).exists():
+        found = ckpt.latest(path / "checkpoints") or ckpt.latest(path)
+        if found is None:
+            raise ckpt.CheckpointError(f"{path}: no valid checkpoint inside")
+        path = found
+    state = ckpt.verify(path)
+    saved = OmegaConf.create(state["extra"]["config"])
+    tok_dir = path.parent.parent / "tokenizer"
+    if not tok_dir.is_dir():
+        raise ckpt.CheckpointError(f"{tok_dir}: tokenizer of the run is missing")
+    tok = load_tokenizer(tok_dir)
+    model = build_model(ModelConfig(**OmegaConf.to_container(saved.model, resolve=True)), tok)
+    learner = make_learner(saved.algo, model)
+    ckpt.load(path, learner)
+    device = resolve_device(cfg.device)
+    learner.to(device)
+    env_cfg = cfg.env if cfg.env.id != saved.env.id else saved.env
+    ev_cfg = OmegaConf.merge(saved, {"eval": cfg.eval, "env": env_cfg})
+    res = evaluate(learner_agent(learner, tok, ev_cfg, device, cfg.seed), env_cfg.id, dict(env_cfg.kwargs),
+                   n_episodes=cfg.eval.n_episodes, batch_size=cfg.eval.batch_size, progress=cfg.progress)
+    write_samples(run_dir / "samples.jsonl", res)
+    results = {
+        "env_id": env_cfg.id, "algo": saved.algo.name, "seed": int(saved.seed), "checkpoint": str(path),
+        "config": OmegaConf.to_container(saved, resolve=True), "eval": res.summary(),
+        "train": {"steps": int(state["step"]), "tokens_per_s": 0.0, "wall_s": 0.0},
+    }
+    write_results(run_dir, results)
+    return results

@@ -1,0 +1,76 @@
+"""Causal language models: GPT-2 shaped presets trained from scratch, or any HF causal LM."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelConfig:
+    """Model preset. ``pretrained`` (a hub name or local path) overrides the shape fields."""
+
+    name: str = "tiny"
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    n_positions: int = 512
+    dropout: float = 0.0
+    pretrained: str | None = None
+
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig("tiny", n_layer=4, n_head=4, n_embd=128, n_positions=512),
+    "small": ModelConfig("small", n_layer=6, n_head=8, n_embd=256, n_positions=1024),
+}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` picks CUDA when present, else CPU; otherwise ``torch.device(device)``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use device=cpu or device=auto")
+    return dev
+
+
+def build_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
+    """A causal LM for ``tokenizer``: from scratch (GPT-2 config) or ``cfg.pretrained``.
+
+    A pretrained model's embeddings are resized when the tokenizer gained tokens.
+    Nothing is downloaded unless the name is not a local path and the hub is reachable.
+    """
+    if cfg.pretrained:
+        model = AutoModelForCausalLM.from_pretrained(cfg.pretrained)
+        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+        return model
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=cfg.n_positions,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = GPT2LMHeadModel(config)
+    log.info("built %s model: %.2fM parameters", cfg.name, n_params(model) / 1e6)
+    return model
+
+
+def n_params(model: torch.nn.Module, non_embedding: bool = False) -> int:
+    n = sum(p.numel() for p in model.parameters())
+    if non_embedding and hasattr(model, "get_input_embeddings"):
+        n -= model.get_input_embeddings().weight.numel()
+    return n

@@ -1,0 +1,42 @@
+"""Evaluate a saved agent or a scripted policy.
+
+    python scripts/evaluate.py checkpoint=runs/<run>/checkpoints/step_00001500
+    python scripts/evaluate.py policy=expert env=guess_which eval.n_episodes=500
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_original_cwd
+from omegaconf import DictConfig
+
+from dialogue_rl.config import register_configs
+
+register_configs()
+log = logging.getLogger("evaluate")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from dialogue_rl.experiment import ConfigError, run_saved_agent, run_scripted
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.policy:
+        results = run_scripted(cfg, run_dir, cfg.policy)
+    elif cfg.checkpoint:
+        results = run_saved_agent(cfg, run_dir, Path(get_original_cwd()))
+    else:
+        raise ConfigError("nothing to evaluate: pass checkpoint=<run dir or checkpoints/step_*> or policy=<name>")
+    ev = results["eval"]
+    log.info("%s on %s: return %.3f [%.3f, %.3f], normalized %.1f, success %.2f -> %s",
+             results["algo"], results["env_id"], ev["mean_return"], *ev["ci95"], ev["normalized_score"],
+             ev["success_rate"], run_dir / "results.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
