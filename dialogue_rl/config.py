@@ -55,7 +55,21 @@ class FilteredBCConfig(AlgoConfig):
     fraction: float = 0.1
 
 
-ALGO_SCHEMAS: dict[str, type[AlgoConfig]] = {"bc": BCConfig, "filtered_bc": FilteredBCConfig}
+@dataclass
+class ILQLConfig(AlgoConfig):
+    name: str = "ilql"
+    gamma: float = 0.99
+    tau: float = 0.7
+    alpha: float = 0.1
+    polyak: float = 0.005
+    bc_weight: float = 1.0
+    beta: float = 8.0
+    hidden: int = 0
+
+
+ALGO_SCHEMAS: dict[str, type[AlgoConfig]] = {
+    "bc": BCConfig, "filtered_bc": FilteredBCConfig, "ilql": ILQLConfig,
+}
 
 
 @dataclass

@@ -3,8 +3,9 @@
 from dialogue_rl.algos.base import Learner, TokenBatch, action_logprobs, shifted_action_mask
 from dialogue_rl.algos.bc import BC
 from dialogue_rl.algos.filtered_bc import FilteredBC, top_fraction
+from dialogue_rl.algos.ilql import ILQL
 
-LEARNERS: dict[str, type[Learner]] = {"bc": BC, "filtered_bc": FilteredBC}
+LEARNERS: dict[str, type[Learner]] = {"bc": BC, "filtered_bc": FilteredBC, "ilql": ILQL}
 
-__all__ = ["BC", "LEARNERS", "FilteredBC", "Learner", "TokenBatch", "action_logprobs",
+__all__ = ["BC", "ILQL", "LEARNERS", "FilteredBC", "Learner", "TokenBatch", "action_logprobs",
            "shifted_action_mask", "top_fraction"]

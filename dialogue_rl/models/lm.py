@@ -63,6 +63,7 @@ def build_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        unk_token_id=tokenizer.unk_token_id,
     )
     model = GPT2LMHeadModel(config)
     log.info("built %s model: %.2fM parameters", cfg.name, n_params(model) / 1e6)
