@@ -339,22 +339,22 @@ def policy_rng(seed: int | None) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class Episode:
-    """A finished episode: the turns, its return, success, and the reset seed."""
+    """A finished episode: the turns, its return, success, the reset seed, how it ended."""
 
     seed: int | None
     turns: list[Turn]
     ret: float
     success: bool
     agent_turns: int
+    terminated: bool = True
 
 
 def play_episode(env: DialogueEnv, factory: PolicyFactory, seed: int | None) -> Episode:
     """Reset ``env`` with ``seed`` and play one episode with the policy from ``factory``."""
     _, info = env.reset(seed=seed)
     policy = factory(env, policy_rng(seed))
-    ret, done = 0.0, False
-    while not done:
+    ret, term, trunc = 0.0, False, False
+    while not (term or trunc):
         _, r, term, trunc, info = env.step(policy.act(info["turns"]))
         ret += r
-        done = term or trunc
-    return Episode(seed, info["turns"], ret, bool(info["success"]), int(info["agent_turns"]))
+    return Episode(seed, info["turns"], ret, bool(info["success"]), int(info["agent_turns"]), bool(term))

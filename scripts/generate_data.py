@@ -38,7 +38,9 @@ class GenerateDataConfig:
     num_workers: Optional[int] = None  # overrides data.num_workers when set
 
 
-ConfigStore.instance().store(name="generate_data_schema", node=GenerateDataConfig)
+_cs = ConfigStore.instance()
+_cs.store(name="generate_data_schema", node=GenerateDataConfig)
+_cs.store(group="data", name="data_schema", node=DataConfig)  # recipes may list `defaults: [data_schema]`
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="generate_data")

@@ -67,3 +67,70 @@ class _Bisect:
             elif last.startswith("lower"):
                 self.hi = mid - 1
         return f"is it {(self.lo + self.hi) // 2}?"
+
+
+class StitchEnv(DialogueEnv):
+    """Two choices, each rewarded on its own: the known-optimal stitching task.
+
+    Turn 1: "left" earns +1, "right" 0. The env replies "ok." either way. Turn 2:
+    "up" earns +1, "down" 0, and the episode terminates. Optimal return 2 ("left",
+    "up"). In the behaviour data (:func:`stitch_rows`) the majority choice is wrong
+    at both nodes of the dialogue tree and the optimal dialogue is rare (5%): one
+    policy is good at turn 1 only, another at turn 2 only. BC follows the majority
+    (return 0); a value learner takes the best branch at each node (return 2).
+    Dialogue histories form a tree, so per-node choice is what stitching means here.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_turns=2, **kwargs)
+
+    def _new_episode(self, options):
+        return ["choose left or right."]
+
+    def _respond(self, utterance: str):
+        w = words(utterance)
+        first = self._agent_turns == 0
+        opts = ("left", "right") if first else ("up", "down")
+        if len(w) != 1 or w[0] not in opts:
+            return None
+        reward = 1.0 if w[0] in ("left", "up") else 0.0
+        return Reply("ok." if first else "done.", reward, terminated=not first, success=reward > 0 and not first)
+
+    def hidden_state(self):
+        return {}
+
+    @classmethod
+    def vocabulary(cls):
+        return ["choose", "left", "or", "right", "ok", "done", "up", "down", "i", "do", "not", "understand"]
+
+    @classmethod
+    def policies(cls):
+        def fixed(a: str, b: str):
+            return lambda env, rng: _Script([a, b])
+
+        return {"left_down": fixed("left", "down"), "right_up": fixed("right", "up"),
+                "random": fixed("right", "down"), "expert": fixed("left", "up")}
+
+
+class _Script:
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def act(self, turns: Sequence[Turn]) -> str:
+        return self.lines[sum(1 for t in turns if t.speaker == "agent")]
+
+
+def stitch_rows(n: int = 300) -> list[dict]:
+    """Behaviour data for :class:`StitchEnv`: 35% left/down, 5% left/up, 25% right/up, 35% right/down."""
+    from envs.core import play_episode
+
+    env = StitchEnv()
+    pols = env.policies()
+    names = ["left_down"] * 7 + ["expert"] + ["right_up"] * 5 + ["random"] * 7
+    rows = []
+    for i in range(n):
+        name = names[i % len(names)]
+        ep = play_episode(env, pols[name], seed=i)
+        rows.append({"env_id": "stitch", "seed": i, "policy": name, "turns": [t.to_dict() for t in ep.turns],
+                     "return": ep.ret, "length": ep.agent_turns, "success": ep.success})
+    return rows
