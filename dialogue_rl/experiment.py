@@ -22,7 +22,7 @@ from dialogue_rl import checkpoint as ckpt
 from dialogue_rl.agents import LMAgent, SamplingConfig, ScriptedAgent, banned_token_ids
 from dialogue_rl.algos import LEARNERS, Learner
 from dialogue_rl.config import algo_kwargs
-from dialogue_rl.data import collate_tokens, ensure_dataset, load_dataset, tokenize_dataset
+from dialogue_rl.data import ensure_dataset, load_dataset
 from dialogue_rl.data.generate import DataConfig
 from dialogue_rl.evaluation import EvalResult, evaluate, make_env, write_samples
 from dialogue_rl.loggers import RunLogger
@@ -98,12 +98,11 @@ def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, An
     tok = build_tokenizer(cfg, dataset, run_dir)
     codec = make_codec(tok)
     model = build_model(ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)), tok)
-    learner = make_learner(cfg.algo, model)
     if cfg.init_from:
-        _init_from(learner, _abs(cfg.init_from, base_dir))
-    train_split = dataset["train"]
-    examples = tokenize_dataset(train_split, codec, max_length=model.config.n_positions)
-    examples = learner.prepare_dataset(examples, [float(e["return"]) for e in examples])
+        _init_from(model, _abs(cfg.init_from, base_dir))
+    learner = make_learner(cfg.algo, model)
+    max_len = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
+    examples = learner.make_examples(dataset["train"], codec, max_len)
     log.info("training %s on %d dialogues (%s)", learner.name, len(examples), cfg.env.id)
     train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
     pad = tok.pad_token_id
@@ -117,7 +116,7 @@ def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, An
         return res.summary()
 
     train_stats = fit(
-        learner, examples, lambda ex: collate_tokens(ex, pad), train_cfg, device, seed=cfg.seed,
+        learner, examples, lambda ex: learner.collate(ex, pad), train_cfg, device, seed=cfg.seed,
         checkpoint_dir=run_dir / "checkpoints", resume=cfg.resume, log_fn=logger.log,
         eval_fn=log_eval, extra={"config": plain_cfg}, progress=cfg.progress,
     )
@@ -164,8 +163,8 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> None:
     os.replace(tmp, run_dir / "results.json")
 
 
-def _init_from(learner: Learner, path: Path) -> None:
-    """Load the LM weights of a checkpoint (e.g. BC) into the learner's model."""
+def _init_from(model: torch.nn.Module, path: Path) -> None:
+    """Load the LM weights of a checkpoint (e.g. a BC run's) into ``model`` before the learner is built."""
     from safetensors.torch import load_file
 
     if path.is_dir() and not (path / ckpt.STATE_FILE).exists():
@@ -176,7 +175,7 @@ def _init_from(learner: Learner, path: Path) -> None:
     ckpt.verify(path)
     weights = load_file(str(path / ckpt.MODEL_FILE))
     lm = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
-    missing, unexpected = learner.model.load_state_dict(lm, strict=False)
+    missing, unexpected = model.load_state_dict(lm, strict=False)
     missing = [m for m in missing if not m.endswith("lm_head.weight")]
     if missing or unexpected:
         raise ckpt.CheckpointError(f"{path}: model weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")

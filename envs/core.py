@@ -199,6 +199,14 @@ class DialogueEnv(gym.Env[str, str]):
         """The episode's private parameters as plain, comparable data."""
         raise NotImplementedError
 
+    def _not_understood(self, utterance: str) -> Reply:
+        """The reply to an utterance ``_respond`` could not parse (must not change state).
+
+        Default: :data:`NOT_UNDERSTOOD` with ``invalid_penalty``. Envs whose game ends on
+        a fixed turn override it to settle that turn (terminated, final reward).
+        """
+        return Reply(NOT_UNDERSTOOD, self.invalid_penalty)
+
     @classmethod
     def vocabulary(cls) -> list[str]:
         """Words the partner and the env's grammar use (for a word-level tokenizer)."""
@@ -234,7 +242,7 @@ class DialogueEnv(gym.Env[str, str]):
         reply = self._respond(utterance)
         valid = reply is not None
         if reply is None:
-            reply = Reply(NOT_UNDERSTOOD, self.invalid_penalty)
+            reply = self._not_understood(utterance)
         self._agent_turns += 1
         terminated = bool(reply.terminated)
         truncated = not terminated and self._agent_turns >= self.max_turns

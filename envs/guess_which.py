@@ -8,7 +8,7 @@ moves the target up the ranking of a pool of candidate scenes. The ranking is ex
 every pool scene is scored by the likelihood of the caption and the answers under
 the known caption and answerer models (:class:`PoolRanker`).
 
-Module layout: scene vocabulary and the one-hot scene encoding; the question grammar
+Module layout: scene vocabulary and the object-code scene encoding; the question grammar
 (:class:`Question`, :func:`parse_question`, :func:`render_question`); the answerer
 (:func:`answer_ids`, :class:`QuestionBank` for many questions at once); the caption
 model (:class:`Caption`); the ranker; the environment (:class:`GuessWhichEnv`); the
@@ -25,7 +25,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from gymnasium.utils import seeding
@@ -64,7 +64,9 @@ N_OBJECT_TYPES = math.prod(N_VALUES)  # 288
 EMPTY = N_OBJECT_TYPES
 STRIDES: tuple[int, ...] = tuple(math.prod(N_VALUES[a + 1 :]) for a in range(N_ATTRS))
 #: Value indices of every object code; the EMPTY row is -1.
-_ATTR_TABLE = np.array(list(itertools.product(*(range(k) for k in N_VALUES))) + [[-1] * N_ATTRS], dtype=np.int8)
+_ATTR_TABLE = np.array(
+    list(itertools.product(*(range(k) for k in N_VALUES))) + [[-1] * N_ATTRS], dtype=np.int8
+)
 #: Feature rows of every object code: its 5 global value ids and VALID; the EMPTY row is all false.
 _FEATURE_TABLE = np.zeros((N_OBJECT_TYPES + 1, N_FEATURES + 1), dtype=bool)
 _FEATURE_TABLE[np.arange(N_OBJECT_TYPES)[:, None], _ATTR_TABLE[:-1] + np.asarray(OFFSETS)] = True
@@ -243,7 +245,8 @@ _FILLERS = frozenset({
 _OTHER_KEYWORDS = frozenset({"how", "many", "what", "which", "where"})
 #: Every word the question parser accepts.
 GRAMMAR_WORDS: frozenset[str] = frozenset(
-    set(_SYNONYMS) | set(_VALUE_WORD) | set(_ATTR_NAME) | _NOUNS | _EXIST_MARKERS | _AUX | _FILLERS | _OTHER_KEYWORDS
+    set(_SYNONYMS) | set(_VALUE_WORD) | set(_ATTR_NAME)
+    | _NOUNS | _EXIST_MARKERS | _AUX | _FILLERS | _OTHER_KEYWORDS
 )
 
 
@@ -304,7 +307,8 @@ def parse_question(text: str) -> Question | None:
         return None if f is None else Question(EXIST, f)
     if "the" not in ws or not values:
         return None
-    nouns = [i for i, w in enumerate(ws) if w in _NOUNS or (w in _VALUE_WORD and VALUE_ATTR[_VALUE_WORD[w]] == SHAPE)]
+    shape_words = {w for w, g in _VALUE_WORD.items() if VALUE_ATTR[g] == SHAPE}
+    nouns = [i for i, w in enumerate(ws) if w in _NOUNS or w in shape_words]
     pred_pos, pred = values[-1]
     if not nouns or pred_pos <= nouns[0]:
         return None
@@ -643,13 +647,11 @@ class GuessWhichEnv(DialogueEnv):
     ``seed=None`` relabels against the live setup).
 
     ## Episode end
-    Terminated after ``max_questions`` questions (understood or not: an utterance
-    the answerer cannot parse on the last turn ends the episode by truncation, the
-    base class's turn limit), or, for ``reward="turns"``, once the goal above is met.
-    ``info["success"]`` is true when the target is ranked strictly first
-    (``p = 1``) when the episode ends; for ``reward="turns"`` when the goal was met.
-    (An unparseable last utterance gets the base class's invalid reply: no final
-    settlement for ``reward="final"`` and ``success`` false.)
+    Terminated after ``max_questions`` questions, understood or not (an unparseable
+    last question gets the invalid reply and penalty and still settles the game:
+    ``reward="final"`` pays ``p_T - p_0`` on it), or, for ``reward="turns"``, once the
+    goal above is met. ``info["success"]`` is true when the target is ranked strictly
+    first (``p = 1``) when the episode ends; for ``reward="turns"`` when the goal was met.
 
     ## Arguments
     * ``pool_size`` (16): candidate scenes K, including the target.
@@ -690,7 +692,10 @@ class GuessWhichEnv(DialogueEnv):
         if invalid_penalty is None:
             invalid_penalty = DEFAULT_INVALID_PENALTY[reward]
         super().__init__(
-            max_turns=max_questions, observation=observation, invalid_penalty=invalid_penalty, render_mode=render_mode
+            max_turns=max_questions,
+            observation=observation,
+            invalid_penalty=invalid_penalty,
+            render_mode=render_mode,
         )
         self.pool_size = int(pool_size)
         self.max_questions = int(max_questions)
@@ -710,7 +715,8 @@ class GuessWhichEnv(DialogueEnv):
             self._setup = _checked_setup(given)
         else:
             self._setup = sample_setup(self.np_random, self.pool_size)
-        self._ranker = PoolRanker(self._setup.pool, self._setup.target, self._setup.caption, self.answer_noise)
+        setup = self._setup
+        self._ranker = PoolRanker(setup.pool, setup.target, setup.caption, self.answer_noise)
         self._p0 = self._p = self._ranker.percentile()
         return [self._setup.caption.text]
 
@@ -725,8 +731,17 @@ class GuessWhichEnv(DialogueEnv):
             answer = aset[int(self.np_random.integers(len(aset)))]
         self._ranker.observe(q, answer, answers)
         p_prev, self._p = self._p, self._ranker.percentile()
-        reward, terminated, success = self._score(self._p0, p_prev, self._p, self._agent_turns + 1, ANSWERS[answer])
+        n_question = self._agent_turns + 1
+        reward, terminated, success = self._score(self._p0, p_prev, self._p, n_question, ANSWERS[answer])
         return Reply(ANSWERS[answer], reward, terminated, success)
+
+    def _not_understood(self, utterance: str) -> Reply:
+        """An unparseable question still uses up a turn; on the last one the game is settled."""
+        n_question = self._agent_turns + 1
+        if n_question < self.max_questions:
+            return super()._not_understood(utterance)
+        reward, _, success = self._score(self._p0, self._p, self._p, n_question, "")
+        return Reply(NOT_UNDERSTOOD, reward + self.invalid_penalty, True, success)
 
     def hidden_state(self) -> dict[str, Any]:
         return {} if self._setup is None else self._setup.plain()
@@ -744,7 +759,12 @@ class GuessWhichEnv(DialogueEnv):
         return {
             "random": lambda env, rng: RandomQuestioner(rng),
             "novice": lambda env, rng: NoviceQuestioner(rng),
-            "expert": lambda env, rng: ExpertQuestioner(rng, noise=env.answer_noise),
+            "expert": lambda env, rng: ExpertQuestioner(
+                rng,
+                noise=env.answer_noise,
+                yes_no_penalty=env.yes_no_penalty,
+                yes_no_reward=env.yes_no_reward,
+            ),
             "oracle": lambda env, rng: OracleQuestioner(env, rng),
         }
 
@@ -814,6 +834,8 @@ class GuessWhichEnv(DialogueEnv):
             if q is None:
                 rewards[i] = self.invalid_penalty
                 done = n_agent >= self.max_questions
+                if done:  # the last question settles the game (see _not_understood)
+                    rewards[i] += self._score(p0, p, p, n_agent, "")[0]
                 continue
             reply = turns[i + 1].text if i + 1 < len(turns) else ""
             answer = ANSWER_ID.get(reply)
@@ -826,7 +848,9 @@ class GuessWhichEnv(DialogueEnv):
         return rewards
 
     # -------------------------------------------------------------- internals
-    def _score(self, p0: float, p_prev: float, p: float, n_question: int, answer: str) -> tuple[float, bool, bool]:
+    def _score(
+        self, p0: float, p_prev: float, p: float, n_question: int, answer: str
+    ) -> tuple[float, bool, bool]:
         """(reward, terminated, success) of question number ``n_question`` (1-based)."""
         last = n_question >= self.max_questions
         success = p >= 1.0
@@ -929,8 +953,9 @@ class QuestionBank:
     """A fixed list of candidate questions and their vectorised answerer.
 
     Every answer derives from per-scene object counts over filters of at most two
-    attribute values, read off a precomputed (object code x filter) match table. So exist/count questions may use filters of up to two
-    attributes, query/verify questions filters of at most one (plus the queried value).
+    attribute values, read off a precomputed (object code x filter) match table. So
+    exist/count questions may use filters of up to two attributes, query/verify
+    questions filters of at most one (plus the queried value).
     ``answers(scenes)`` gives the ``(n_scenes, n_questions)`` answer ids (int8), with
     ``answers(scenes)[:, i] == answer_ids(scenes, questions[i])``.
     """
@@ -940,7 +965,6 @@ class QuestionBank:
         self.index: dict[Question, int] = {q: i for i, q in enumerate(self.questions)}
         self.filters = _filters_upto(2)
         fidx = {f: i for i, f in enumerate(self.filters)}
-
         table = np.stack([filter_table(f) for f in self.filters], axis=1)  # (codes, filters)
         self._table = table.astype(np.uint8)
         by_key: dict[tuple[str, int], list[int]] = {}
@@ -952,7 +976,8 @@ class QuestionBank:
             for (kind, attr), qis in by_key.items():
                 qs = [self.questions[i] for i in qis]
                 if kind == QUERY:
-                    cols = [[fidx[q.filter]] + [fidx[_conj(q.filter, OFFSETS[attr] + v)] for v in range(N_VALUES[attr])] for q in qs]
+                    values = [OFFSETS[attr] + v for v in range(N_VALUES[attr])]
+                    cols = [[fidx[q.filter]] + [fidx[_conj(q.filter, g)] for g in values] for q in qs]
                 elif kind == VERIFY:
                     cols = [[fidx[q.filter], fidx[_conj(q.filter, q.value)]] for q in qs]
                 else:
@@ -1032,37 +1057,56 @@ def default_bank() -> QuestionBank:
     return QuestionBank(qs)
 
 
-def answer_entropy_gain(answers: np.ndarray, weights: np.ndarray, noise: float, set_sizes: np.ndarray) -> np.ndarray:
-    """Expected information gain of each question about the scene, ``(n_questions,)``.
+def answer_histogram(answers: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``(Q, N_ANSWERS)``: the weighted distribution of each question's noise-free answer.
 
-    ``answers`` ``(n, Q)`` noise-free answer ids of ``n`` weighted scenes (``weights``
-    sum to 1). With noise ``e`` and answer set size ``k``: predictive ``P(a) = (1 - e)
-    P_clean(a) + e / k`` on the set, and ``EIG = H(P) - H(answer | scene)``.
+    ``answers`` ``(n, Q)`` are the answer ids of ``n`` scenes, ``weights`` ``(n,)`` sum to 1.
     """
     n, nq = answers.shape
     flat = (answers + N_ANSWERS * np.arange(nq)[None, :]).ravel()
     if np.all(weights == weights[0]):
-        hist = np.bincount(flat, minlength=nq * N_ANSWERS).reshape(nq, N_ANSWERS) / n
-    else:
-        hist = np.bincount(flat, weights=np.repeat(weights, nq), minlength=nq * N_ANSWERS).reshape(nq, N_ANSWERS)
+        return np.bincount(flat, minlength=nq * N_ANSWERS).reshape(nq, N_ANSWERS) / n
+    hist = np.bincount(flat, weights=np.repeat(weights, nq), minlength=nq * N_ANSWERS)
+    return hist.reshape(nq, N_ANSWERS)
+
+
+def information_gain(hist: np.ndarray, noise: float, set_sizes: np.ndarray) -> np.ndarray:
+    """Expected information gain (nats) of each question about the scene, ``(Q,)``.
+
+    ``hist`` is :func:`answer_histogram`'s noise-free answer distribution. With noise
+    ``e`` and answer set size ``k``: predictive ``P(a) = (1 - e) P_clean(a) + e / k`` on
+    the set, and ``EIG = H(P) - H(answer | scene)``.
+    """
     if noise <= 0.0:
         with np.errstate(divide="ignore", invalid="ignore"):
-            h = -np.where(hist > 0, hist * np.log(hist), 0.0).sum(axis=1)
-        return h
+            return -np.where(hist > 0, hist * np.log(hist), 0.0).sum(axis=1)
     k = set_sizes.astype(np.float64)
-    p = (1.0 - noise) * hist
-    # the noise mass spreads over the k answers of each set; answers outside get 0
-    present = hist > 0
-    p_in = p + noise / k[:, None]
-    # entropy over the set: answers with clean mass, plus (k - #present) answers at e/k
+    present = hist > 0  # clean answers always lie in the set
+    p_in = (1.0 - noise) * hist + noise / k[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         h_present = -np.where(present, p_in * np.log(p_in), 0.0).sum(axis=1)
-    n_absent = k - present.sum(axis=1)
     e_k = noise / k
-    h = h_present - n_absent * e_k * np.log(e_k)
+    h = h_present - (k - present.sum(axis=1)) * e_k * np.log(e_k)  # the set's answers at e/k
     hit = 1.0 - noise + e_k
     h_cond = -(hit * np.log(hit) + (k - 1.0) * e_k * np.log(e_k))
     return h - h_cond
+
+
+def penalized_answers(kind: str | None) -> np.ndarray:
+    """``(N_ANSWERS,)`` bool: which answers trigger the yes/no penalty ``kind``."""
+    return np.array([yes_no_hit(kind, a) for a in ANSWERS])
+
+
+def penalty_probability(
+    hist: np.ndarray,
+    noise: float,
+    penalized: np.ndarray,
+    n_penalized_in_set: np.ndarray,
+    set_sizes: np.ndarray,
+) -> np.ndarray:
+    """``(Q,)``: probability that each question's (noisy) answer triggers the penalty."""
+    clean = hist @ penalized.astype(np.float64)
+    return (1.0 - noise) * clean + noise * n_penalized_in_set / set_sizes
 
 
 class ExpertQuestioner:
@@ -1075,8 +1119,10 @@ class ExpertQuestioner:
     Whenever their effective number falls below ``min_alive`` it draws more, sized by
     the running acceptance rate (at most ``max_draw`` a round, ``max_rounds`` rounds).
     It asks the bank question with the largest expected information gain about the
-    target, ties broken at random. Questions asked by other policies (stitched
-    episodes) are read from the turns like its own.
+    target (nats), plus ``yes_no_reward`` times the probability that the answer
+    triggers the env's yes/no penalty when one is set; ties broken at random.
+    Questions asked by other policies (stitched episodes) are read from the turns
+    like its own.
     """
 
     def __init__(
@@ -1089,15 +1135,24 @@ class ExpertQuestioner:
         max_rounds: int = 3,
         max_particles: int = 128,
         bank: QuestionBank | None = None,
+        yes_no_penalty: str | None = None,
+        yes_no_reward: float = -2.0,
     ) -> None:
         self.rng = rng
         self.noise = float(noise)
+        self.yes_no_reward = float(yes_no_reward)
         self.n_init = n_init
         self.min_alive = min_alive
         self.max_draw = max_draw
         self.max_rounds = max_rounds
         self.max_particles = max_particles
         self.bank = bank if bank is not None else _BANK
+        self._penalized = None if yes_no_penalty is None else penalized_answers(yes_no_penalty)
+        self._n_penalized = (
+            None
+            if self._penalized is None
+            else np.array([self._penalized[list(answer_set(q))].sum() for q in self.bank.questions])
+        )
         self._caption_text: str | None = None
         self._caption: Caption | None = None
         self._qa: list[tuple[Question, int]] = []
@@ -1163,12 +1218,14 @@ class ExpertQuestioner:
             ess = self._ess()
             if ess >= self.min_alive:
                 break
-            n = int(min(self.max_draw, max(self.n_init, 2.0 * (self.min_alive - ess) / max(self._rate, 1e-6))))
+            wanted = 2.0 * (self.min_alive - ess) / max(self._rate, 1e-6)
+            n = int(min(self.max_draw, max(self.n_init, wanted)))
             scenes, lw = self._draw_weighted(n)
             if lw.size:
                 self._scenes = np.concatenate([self._scenes, scenes])
                 self._logw = np.concatenate([self._logw, lw])
-                self._answers = np.concatenate([self._answers, np.zeros((lw.size, self._answers.shape[1]), np.int8)])
+                blank = np.zeros((lw.size, self._answers.shape[1]), np.int8)
+                self._answers = np.concatenate([self._answers, blank])
                 self._known = np.concatenate([self._known, np.zeros(lw.size, dtype=bool)])
             # fresh draws estimate the acceptance rate directly
             w = np.exp(lw[np.isfinite(lw)]) if lw.size else np.zeros(0)
@@ -1191,25 +1248,37 @@ class ExpertQuestioner:
     def _choose(self) -> Question:
         lw = self._logw
         if lw.size == 0 or not np.isfinite(lw).any():  # nothing consistent found: ask at random
+            logger.debug("expert: no sampled scene fits the caption and answers; asking at random")
             return random_question(self.rng)
         if not self._known.all():
             self._answers[~self._known] = self.bank.answers(self._scenes[~self._known])
             self._known[:] = True
         w = np.exp(lw - lw.max())
         w /= w.sum()
-        gain = answer_entropy_gain(self._answers, w, self.noise, self.bank.set_sizes)
-        best = np.flatnonzero(gain >= gain.max() - 1e-9)
+        hist = answer_histogram(self._answers, w)
+        score = information_gain(hist, self.noise, self.bank.set_sizes)
+        if self._penalized is not None:
+            sizes = self.bank.set_sizes
+            score = score + self.yes_no_reward * penalty_probability(
+                hist, self.noise, self._penalized, self._n_penalized, sizes
+            )
+        best = np.flatnonzero(score >= score.max() - 1e-9)
         return self.bank.questions[int(best[int(self.rng.integers(len(best)))])]
 
 
 class OracleQuestioner:
-    """Upper reference: sees the pool and the target, asks the bank question whose answer
-    leaves the target with the highest percentile (ties: the most informative about the pool).
+    """Upper reference: sees the pool and the target and asks the bank question whose
+    (noise-free) answer rules out the most scenes still ranked at or above the target:
+    the greedy best split of the real candidates. Questions whose answer would trigger
+    the env's yes/no penalty come last; ties are broken at random.
     """
 
-    def __init__(self, env: GuessWhichEnv, rng: np.random.Generator, bank: QuestionBank | None = None) -> None:
+    def __init__(
+        self, env: GuessWhichEnv, rng: np.random.Generator, bank: QuestionBank | None = None
+    ) -> None:
         self.rng = rng
         self.bank = bank if bank is not None else _BANK
+        self.penalized = penalized_answers(env.yes_no_penalty)
         setup = env.setup
         self.noise = env.answer_noise
         self.target = setup.target
@@ -1229,6 +1298,7 @@ class OracleQuestioner:
         comp = ll >= ll[self.target] - TIE_TOL
         comp[self.target] = False
         split = (self.answers[comp] != truth[None, :]).sum(axis=0).astype(np.float64)
+        split -= (len(ll) + 1) * self.penalized[truth]
         best = np.flatnonzero(split >= split.max())
         return render_question(self.bank.questions[int(best[int(self.rng.integers(len(best)))])])
 

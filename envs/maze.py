@@ -17,7 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from envs.core import AGENT, ENV, NOT_UNDERSTOOD, DialogueEnv, EpsilonPolicy, PolicyFactory, Reply, Turn, words
+from envs.core import (
+    AGENT,
+    ENV,
+    NOT_UNDERSTOOD,
+    DialogueEnv,
+    EpsilonPolicy,
+    PolicyFactory,
+    Reply,
+    Turn,
+    words,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -184,11 +194,11 @@ def belief_policy(layout: str) -> dict[int, tuple[tuple[int, ...], float]]:
         b = queue.popleft()
         if b in trans:
             continue
-        n = bin(b).count("1")
+        n = b.bit_count()
         per_action = []
         for d in range(4):
             outs = _outcomes(t, b, d)
-            per_action.append([(bin(nb).count("1") / n, nb) for nb in outs.values()])
+            per_action.append([(nb.bit_count() / n, nb) for nb in outs.values()])
             queue.extend(nb for nb in outs.values() if nb not in trans)
         trans[b] = per_action
     value = dict.fromkeys(trans, 0.0)

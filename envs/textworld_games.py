@@ -29,8 +29,16 @@ from typing import Any
 import numpy as np
 
 from envs.core import (
-    MAX_OBSERVATION_CHARS, NOT_UNDERSTOOD, DialogueEnv, EpsilonPolicy, PolicyFactory, ReferenceReturns, Reply,
-    SwitchPolicy, Turn, sanitize,
+    MAX_OBSERVATION_CHARS,
+    NOT_UNDERSTOOD,
+    DialogueEnv,
+    EpsilonPolicy,
+    PolicyFactory,
+    ReferenceReturns,
+    Reply,
+    SwitchPolicy,
+    Turn,
+    sanitize,
 )
 from envs.token_view import join_pieces, pre_tokenize
 
@@ -56,7 +64,10 @@ _LIBRARY_TEXT = (
 
 def textworld_available() -> bool:
     """Whether the ``textworld`` package is installed (without importing it)."""
-    return importlib.util.find_spec("textworld") is not None
+    try:
+        return importlib.util.find_spec("textworld") is not None
+    except (ImportError, ValueError):  # e.g. blocked with sys.modules["textworld"] = None
+        return False
 
 
 def cache_dir() -> Path:
@@ -71,14 +82,14 @@ def cache_dir() -> Path:
 
 def game_file(challenge: str, level: int, seed: int) -> Path:
     """Path of the compiled game (generated on first use, atomically)."""
-    import textworld  # noqa: PLC0415 (optional extra)
+    import textworld
 
     name = f"{challenge}-level{level}-seed{seed}-tw{textworld.__version__}"
     path = cache_dir() / f"{name}.z8"
     if path.exists():
         return path
-    import textworld.challenges  # noqa: PLC0415
-    import textworld.generator  # noqa: PLC0415
+    import textworld.challenges
+    import textworld.generator
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path.parent))
@@ -111,8 +122,8 @@ def clean_text(text: str) -> str:
     text = text.split("Would you like to RESTART")[0]
     lines = []
     for line in text.splitlines():
-        s = line.strip().lstrip(">").strip()
-        if not s:
+        s = line.strip()
+        if not s or s.startswith(">"):  # the prompt line, with the status bar (room, score/moves)
             continue
         visible = s.replace(" ", "")
         if sum(ch.isalpha() for ch in visible) < 0.5 * len(visible):  # banner art
@@ -211,11 +222,11 @@ class TextWorldEnv(DialogueEnv):
             max_turns=max_turns, observation=observation, invalid_penalty=invalid_penalty,
             render_mode=render_mode,
         )
-        self._init_kwargs = dict(
-            challenge=challenge, level=int(level), game_seeds=tuple(int(s) for s in game_seeds),
-            max_turns=max_turns, step_reward=step_reward, invalid_penalty=invalid_penalty,
-            observation=observation, render_mode=render_mode,
-        )
+        self._init_kwargs: dict[str, Any] = {
+            "challenge": challenge, "level": int(level), "game_seeds": tuple(int(s) for s in game_seeds),
+            "max_turns": max_turns, "step_reward": step_reward, "invalid_penalty": invalid_penalty,
+            "observation": observation, "render_mode": render_mode,
+        }
         self.challenge = challenge
         self.level = int(level)
         self.game_seeds = tuple(int(s) for s in game_seeds)
@@ -228,7 +239,7 @@ class TextWorldEnv(DialogueEnv):
     # ---------------------------------------------------------------- engine
     def _engine(self, seed: int) -> Any:
         if seed not in self._engines:
-            import textworld  # noqa: PLC0415 (optional extra)
+            import textworld
 
             infos = textworld.EnvInfos(
                 admissible_commands=True, policy_commands=True, max_score=True, score=True,
@@ -320,7 +331,7 @@ class TextWorldEnv(DialogueEnv):
         self.__dict__.update(state)
 
     def __deepcopy__(self, memo: dict) -> TextWorldEnv:
-        import copy  # noqa: PLC0415
+        import copy
 
         new = type(self).__new__(type(self))
         memo[id(self)] = new
@@ -329,7 +340,7 @@ class TextWorldEnv(DialogueEnv):
 
     # ---------------------------------------------------------------- vocabulary
     @_HybridMethod
-    def vocabulary(self_or_cls: Any) -> list[str]:  # noqa: N805
+    def vocabulary(self_or_cls: Any) -> list[str]:
         """On an instance: every word of its games' sources and of the Inform 7 library
         messages (generates the pool if needed). On the class: the library words only."""
         texts = [_LIBRARY_TEXT, NOT_UNDERSTOOD, "you are in a game. nothing happens."]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.core import AGENT, ENV, NOT_UNDERSTOOD, DialogueEnv, Policy, PolicyFactory, Reply, Turn, words
+from envs.core import AGENT, ENV, NOT_UNDERSTOOD, DialogueEnv, PolicyFactory, Reply, Turn, words
 
 logger = logging.getLogger(__name__)
 

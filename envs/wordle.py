@@ -16,7 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from envs.core import AGENT, ENV, NOT_UNDERSTOOD, DialogueEnv, EpsilonPolicy, PolicyFactory, Reply, Turn, words
+from envs.core import (
+    AGENT,
+    ENV,
+    NOT_UNDERSTOOD,
+    DialogueEnv,
+    EpsilonPolicy,
+    PolicyFactory,
+    Reply,
+    Turn,
+    words,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -227,13 +227,15 @@ def test_noisy_answer_likelihood_matches_the_answerer():
     for a in answer_set(q):
         exact = math.exp(answer_loglik(np.array([truth]), q, a, noise)[0])
         assert abs(counts[ANSWERS[a]] / n_eps - exact) < 4 * math.sqrt(exact / n_eps) + 1e-3, ANSWERS[a]
-    assert sum(math.exp(answer_loglik(np.array([truth]), q, a, noise)[0]) for a in answer_set(q)) == pytest.approx(1.0)
+    total = sum(math.exp(answer_loglik(np.array([truth]), q, a, noise)[0]) for a in answer_set(q))
+    assert total == pytest.approx(1.0)
 
 
 def test_public_beliefs_and_ranking_agree_with_the_percentile():
     env = GuessWhichEnv()
     env.reset(seed=11)
-    for text in ("how many objects are there?", "is there a red object?", "what shape is the object on the left?"):
+    questions = ("how many objects are there?", "is there a red object?", "what shape is the left object?")
+    for text in questions:
         env.step(text)
         b = env.beliefs()
         assert b.sum() == pytest.approx(1.0) and len(env.pool) == env.pool_size == len(b)
@@ -258,8 +260,11 @@ def test_yes_no_penalty_is_added_to_the_turn_reward(kind):
     pool = np.stack([SCENE, scene("small green rubber cube left"), scene("big red metal cube middle")])
     setup = EpisodeSetup(pool, 0, Caption(None, (gid("color", "red"),)))
     base, env = GuessWhichEnv(), GuessWhichEnv(yes_no_penalty=kind)
-    for text in ("is there a red object?", "what color is the small object?", "what color is the yellow thing?",
-                 "how many objects are there?", "is the cube big?"):
+    questions = (
+        "is there a red object?", "what color is the small object?", "what color is the yellow thing?",
+        "how many objects are there?", "is the cube big?",
+    )
+    for text in questions:
         base.reset(options={"setup": setup})
         env.reset(options={"setup": setup})
         _, r0, *_ = base.step(text)
@@ -467,3 +472,13 @@ def test_questions_asked_by_policies_are_grammatical():
 
 def test_question_dataclass_defaults():
     assert Question("count") == parse_question("how many objects are there?")
+
+
+def test_policies_avoid_the_yes_no_penalty_when_it_is_set():
+    env = GuessWhichEnv(yes_no_penalty="hard")
+    for seed in range(10):
+        ep = play_episode(env, env.policies()["oracle"], seed)
+        assert not any(t.text in ("yes.", "no.") for t in ep.turns[2::2])
+    expert = np.mean([play_episode(env, env.policies()["expert"], s).ret for s in range(30)])
+    random = np.mean([play_episode(env, env.policies()["random"], s).ret for s in range(30)])
+    assert expert > random + 1.0

@@ -11,14 +11,28 @@ import pytest
 import envs
 from envs.core import AGENT, ENV, NOT_UNDERSTOOD, Turn, play_episode, policy_rng
 from envs.maze import (
-    LAYOUT, BeliefMover, MazeFOEnv, MazePOEnv, belief_policy, maze_tables, move_text, parse_move,
+    LAYOUT,
+    BeliefMover,
+    MazeFOEnv,
+    MazePOEnv,
+    belief_policy,
+    maze_tables,
+    move_text,
+    parse_move,
 )
 from envs.textworld_games import clean_text, textworld_available
 from envs.token_view import WordTokenizer, join_pieces, pre_tokenize
 from envs.twenty_questions import (
-    ANSWERS, CATEGORIES, OBJECT_CATEGORIES, OBJECTS, QUESTION_TEXTS, TwentyQuestionsEnv, guess_text,
+    ANSWERS,
+    CATEGORIES,
+    OBJECT_CATEGORIES,
+    OBJECTS,
+    QUESTION_TEXTS,
+    TwentyQuestionsEnv,
+    guess_text,
 )
-from envs.wordle import ALLOWED, ANSWERS as WORDS, WordleEnv, feedback, feedback_codes, feedback_table
+from envs.wordle import ALLOWED, WordleEnv, feedback, feedback_codes, feedback_table
+from envs.wordle import ANSWERS as WORDS
 
 SCRIPTED = {
     "dialogue_rl/TwentyQuestions-v0": (TwentyQuestionsEnv, "novice"),
@@ -291,7 +305,7 @@ def test_vocabulary_covers_played_episodes(env_id):
     env = cls()
     tok = WordTokenizer.from_words(env.vocabulary())
     texts: list[str] = []
-    for name, factory in env.policies().items():
+    for factory in env.policies().values():
         for s in range(8):
             texts += [t.text for t in play_episode(env, factory, s).turns]
     texts.append(NOT_UNDERSTOOD)
@@ -314,7 +328,7 @@ def test_policies_follow_any_history(env_id):
         _, info = env.reset(seed=5)
         rnd = pols["random"](env, policy_rng(5))
         for _ in range(2):
-            _, _, term, trunc, info = env.step(rnd.act(info["turns"]))
+            *_, info = env.step(rnd.act(info["turns"]))
         pol = pols[name](env, policy_rng(6))
         u = pol.act(info["turns"])
         assert isinstance(u, str) and u

@@ -12,6 +12,7 @@ alignment once for all learners.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -67,6 +68,19 @@ class Learner(nn.Module):
         self.after_step()
         return metrics
 
-    def prepare_dataset(self, examples: list[dict], rows_returns: list[float]) -> list[dict]:
+    def prepare_dataset(self, examples: Sequence[dict], rows_returns: Sequence[float]) -> Sequence[dict]:
         """Hook to filter or relabel the tokenised dataset before training (identity)."""
         return examples
+
+    def make_examples(self, split: Any, codec: Any, max_length: int) -> Sequence[dict]:
+        """Training examples from a dataset split (default: the per-token view, once)."""
+        from dialogue_rl.data import tokenize_dataset
+
+        examples = tokenize_dataset(split, codec, max_length=max_length, on_too_long="drop")
+        return self.prepare_dataset(examples, examples.returns.tolist())
+
+    def collate(self, examples: Sequence[dict], pad_id: int) -> TokenBatch:
+        """Batch a list of examples (default: :func:`dialogue_rl.data.collate_tokens`)."""
+        from dialogue_rl.data import collate_tokens
+
+        return collate_tokens(examples, pad_id)
