@@ -1,0 +1,107 @@
+"""End-to-end checks of the learning stack: tokenizer coverage, resume, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+import torch
+
+import envs
+from dialogue_rl.algos import BC
+from dialogue_rl.data import collate_tokens, tokenize_dataset
+from dialogue_rl.models import ModelConfig, build_model, build_word_tokenizer
+from dialogue_rl.models.tokenizer import codec as make_codec
+from dialogue_rl.train import TrainConfig, fit
+from envs.core import play_episode
+from tests.toy_envs import StitchEnv, stitch_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("env_id", [e for e in envs.env_ids() if "TextWorld" not in e])
+def test_env_vocabulary_tokenizer_round_trips_every_utterance(env_id):
+    env = gym.make(env_id).unwrapped
+    tok = build_word_tokenizer(env.vocabulary())
+    c = make_codec(tok)
+    for name, factory in env.policies().items():
+        for seed in range(5):
+            for t in play_episode(env, factory, seed).turns:
+                ids = c.encode(t.text)
+                assert tok.unk_token_id not in ids, (name, t.text)
+                assert c.decode(ids) == t.text, (name, t.text)
+
+
+class _Kill(Exception):
+    pass
+
+
+def _resume_run(tmp_path: Path, kill_at: int | None) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    tok = build_word_tokenizer(StitchEnv.vocabulary())
+    data = tokenize_dataset(stitch_rows(40), make_codec(tok))
+    learner = BC(build_model(ModelConfig("t", n_layer=1, n_head=2, n_embd=16, n_positions=64), tok))
+    cfg = TrainConfig(steps=12, batch_size=8, lr=1e-2, warmup_steps=3, log_every=1, checkpoint_every=5)
+
+    def log_fn(metrics, step):
+        if kill_at is not None and step == kill_at:
+            raise _Kill
+
+    collate = lambda ex: collate_tokens(ex, tok.pad_token_id)  # noqa: E731
+    kw = dict(device=torch.device("cpu"), seed=3, checkpoint_dir=tmp_path, progress=False)
+    if kill_at is not None:
+        with pytest.raises(_Kill):
+            fit(learner, data, collate, cfg, log_fn=log_fn, **kw)
+        torch.manual_seed(123)  # a fresh process: different init, restored from the checkpoint
+        learner = BC(build_model(ModelConfig("t", n_layer=1, n_head=2, n_embd=16, n_positions=64), tok))
+        stats = fit(learner, data, collate, cfg, resume=True, **kw)
+        assert stats["start_step"] == 5
+    else:
+        fit(learner, data, collate, cfg, **kw)
+    return {k: v.detach().clone() for k, v in learner.state_dict().items()}
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    full = _resume_run(tmp_path / "a", None)
+    resumed = _resume_run(tmp_path / "b", kill_at=7)
+    assert full.keys() == resumed.keys()
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+
+
+def _cli(args, tmp_path, env=None):
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, env=e, timeout=600)
+
+
+TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "train.steps=4", "train.batch_size=4",
+        "train.warmup_steps=1", "train.checkpoint_every=2", "eval.n_episodes=4", "eval.batch_size=4",
+        "data.n_train=12", "data.n_validation=2", "progress=false"]
+
+
+def test_train_cli_writes_results_and_evaluate_reloads(tmp_path):
+    out = _cli([str(ROOT / "scripts/train.py"), *TINY, "hydra.run.dir=run"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads((tmp_path / "run/results.json").read_text())
+    assert res["env_id"] == "dialogue_rl/GuessWhich-v0" and res["algo"] == "bc"
+    for k in ("mean_return", "ci95", "normalized_score", "success_rate", "n_episodes"):
+        assert k in res["eval"]
+    for k in ("steps", "tokens_per_s", "wall_s"):
+        assert k in res["train"]
+    assert res["eval"]["n_episodes"] == 4 and (tmp_path / "run/samples.jsonl").exists()
+    ev = _cli([str(ROOT / "scripts/evaluate.py"), "checkpoint=run", "eval.n_episodes=4", "progress=false",
+               "hydra.run.dir=ev"], tmp_path)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    again = json.loads((tmp_path / "ev/results.json").read_text())
+    assert again["eval"]["mean_return"] == pytest.approx(res["eval"]["mean_return"])
+
+
+@pytest.mark.parametrize("bad,needle", [("train.stepz=3", "stepz"), ("train.steps=many", "steps"),
+                                        ("algo=nope", "nope")])
+def test_train_cli_rejects_bad_config_fast(tmp_path, bad, needle):
+    out = _cli([str(ROOT / "scripts/train.py"), bad], tmp_path)
+    assert out.returncode != 0 and needle in out.stderr
+    assert not (tmp_path / "data").exists()  # failed before any work
