@@ -67,8 +67,30 @@ class ILQLConfig(AlgoConfig):
     hidden: int = 0
 
 
+@dataclass
+class UtteranceQConfig(AlgoConfig):
+    """Per-utterance Q learning (CHAI-style); see :mod:`dialogue_rl.algos.utterance_q`."""
+
+    name: str = "utterance_q"
+    gamma: float = 0.99
+    alpha: float = 0.1
+    polyak: float = 0.005
+    n_candidates: int = 8
+    temperature: float = 1.0
+    top_k: int = 0
+    refresh_every: int = 0
+    bc_weight: float = 0.1
+    hidden: int = 128
+    max_utterance_tokens: int = 32
+    act_mode: str = "argmax"
+    act_temperature: float = 0.1
+    act_candidates: int = 0
+    encoder: str = "shared_prefix"
+    seed: int = 0
+
+
 ALGO_SCHEMAS: dict[str, type[AlgoConfig]] = {
-    "bc": BCConfig, "filtered_bc": FilteredBCConfig, "ilql": ILQLConfig,
+    "bc": BCConfig, "filtered_bc": FilteredBCConfig, "ilql": ILQLConfig, "utterance_q": UtteranceQConfig,
 }
 
 

@@ -176,7 +176,11 @@ def _init_from(model: torch.nn.Module, path: Path) -> None:
     weights = load_file(str(path / ckpt.MODEL_FILE))
     lm = {k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(lm, strict=False)
-    missing = [m for m in missing if not m.endswith("lm_head.weight")]
+    # tied weights (GPT-2's wte / lm_head) are stored once: a missing key sharing storage
+    # with a loaded one is not missing
+    sd = model.state_dict()
+    loaded = {sd[k].data_ptr() for k in lm if k in sd}
+    missing = [m for m in missing if sd[m].data_ptr() not in loaded]
     if missing or unexpected:
         raise ckpt.CheckpointError(f"{path}: model weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
     log.info("initialised the LM from %s", path)

@@ -105,3 +105,21 @@ def test_train_cli_rejects_bad_config_fast(tmp_path, bad, needle):
     out = _cli([str(ROOT / "scripts/train.py"), bad], tmp_path)
     assert out.returncode != 0 and needle in out.stderr
     assert not (tmp_path / "data").exists()  # failed before any work
+
+
+def test_init_from_a_bc_checkpoint_loads_tied_weights(tmp_path):
+    from dialogue_rl import checkpoint as ckpt
+    from dialogue_rl.experiment import _init_from
+
+    tok = build_word_tokenizer(StitchEnv.vocabulary())
+    cfg = ModelConfig("t", n_layer=1, n_head=2, n_embd=16, n_positions=64)
+    torch.manual_seed(0)
+    bc = BC(build_model(cfg, tok))
+    path = ckpt.save(tmp_path, 1, bc)
+    torch.manual_seed(1)
+    fresh = build_model(cfg, tok)
+    _init_from(fresh, tmp_path)
+    for (k, a), (_, b) in zip(bc.model.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert fresh.lm_head.weight.data_ptr() == fresh.transformer.wte.weight.data_ptr()
+    assert path.name == "step_00000001"

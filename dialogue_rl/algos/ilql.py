@@ -48,7 +48,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dialogue_rl.agents import LMAgent, SamplingConfig
