@@ -68,6 +68,18 @@ class ILQLConfig(AlgoConfig):
 
 
 @dataclass
+class MCConfig(AlgoConfig):
+    """Monte-Carlo returns baseline; see :mod:`dialogue_rl.algos.mc`."""
+
+    name: str = "mc"
+    gamma: float = 0.99
+    alpha: float = 0.1
+    bc_weight: float = 1.0
+    beta: float = 8.0
+    hidden: int = 0
+
+
+@dataclass
 class UtteranceQConfig(AlgoConfig):
     """Per-utterance Q learning (CHAI-style); see :mod:`dialogue_rl.algos.utterance_q`."""
 
@@ -90,7 +102,8 @@ class UtteranceQConfig(AlgoConfig):
 
 
 ALGO_SCHEMAS: dict[str, type[AlgoConfig]] = {
-    "bc": BCConfig, "filtered_bc": FilteredBCConfig, "ilql": ILQLConfig, "utterance_q": UtteranceQConfig,
+    "bc": BCConfig, "filtered_bc": FilteredBCConfig, "ilql": ILQLConfig, "mc": MCConfig,
+    "utterance_q": UtteranceQConfig,
 }
 
 
@@ -112,6 +125,7 @@ class RunConfig:
     checkpoint: str | None = None  # scripts/evaluate.py: a run's checkpoints/step_* (or the run dir)
     policy: str | None = None  # scripts/evaluate.py: evaluate a scripted policy instead
     progress: bool = True
+    skip_finished: bool = False  # scripts/train.py: skip a run whose output dir already has results.json
 
 
 def register_configs() -> None:

@@ -4,9 +4,12 @@ from dialogue_rl.algos.base import Learner, TokenBatch, action_logprobs, shifted
 from dialogue_rl.algos.bc import BC
 from dialogue_rl.algos.filtered_bc import FilteredBC, top_fraction
 from dialogue_rl.algos.ilql import ILQL
+from dialogue_rl.algos.mc import MC
 from dialogue_rl.algos.utterance_q import UtteranceQ
 
-LEARNERS: dict[str, type[Learner]] = {"bc": BC, "filtered_bc": FilteredBC, "ilql": ILQL, "utterance_q": UtteranceQ}
+LEARNERS: dict[str, type[Learner]] = {
+    "bc": BC, "filtered_bc": FilteredBC, "ilql": ILQL, "mc": MC, "utterance_q": UtteranceQ,
+}
 
-__all__ = ["BC", "ILQL", "LEARNERS", "FilteredBC", "Learner", "TokenBatch", "UtteranceQ", "action_logprobs",
-           "shifted_action_mask", "top_fraction"]
+__all__ = ["BC", "ILQL", "LEARNERS", "MC", "FilteredBC", "Learner", "TokenBatch", "UtteranceQ",
+           "action_logprobs", "shifted_action_mask", "top_fraction"]
