@@ -34,7 +34,7 @@ from gymnasium import spaces
 #: The characters an utterance or an observation may contain: lower-case letters,
 #: digits, space, basic punctuation and newline (newline only separates turns).
 CHARSET: str = string.ascii_lowercase + string.digits + " .,?!'-:;$%/()=\n"
-_CHARSET_NO_NEWLINE = frozenset(CHARSET) - {"\n"}
+_NOT_CHARSET = re.compile("[^" + re.escape(CHARSET.replace("\n", "")) + "]+")
 
 AGENT = "agent"
 """Speaker tag of the agent (the learner's side)."""
@@ -94,9 +94,8 @@ def sanitize(text: Any, max_chars: int = MAX_UTTERANCE_CHARS) -> str:
         return ""
     if not isinstance(text, str):
         text = str(text)
-    # Cut before the per-character work so 100k-character inputs stay cheap.
-    text = text[: 4 * max_chars].lower()
-    cleaned = "".join(c if c in _CHARSET_NO_NEWLINE else " " for c in text)
+    # Cut before the regex so 100k-character inputs stay cheap.
+    cleaned = _NOT_CHARSET.sub(" ", text[: 4 * max_chars].lower())
     return " ".join(cleaned.split())[:max_chars].strip()
 
 
@@ -179,6 +178,7 @@ class DialogueEnv(gym.Env[str, str]):
         self.action_space = text_space(MAX_UTTERANCE_CHARS)
         self.observation_space = text_space(MAX_OBSERVATION_CHARS)
         self._turns: list[Turn] = []
+        self._rendered = ""  # render_transcript(self._turns), kept up to date by _append
         self._agent_turns = 0
         self._done = True
         self._success = False
@@ -229,7 +229,9 @@ class DialogueEnv(gym.Env[str, str]):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
         super().reset(seed=seed)
-        self._turns = [Turn(ENV, sanitize(t, MAX_OBSERVATION_CHARS)) for t in self._new_episode(options)]
+        self._turns, self._rendered = [], ""
+        for t in self._new_episode(options):
+            self._append(Turn(ENV, sanitize(t, MAX_OBSERVATION_CHARS)))
         self._agent_turns = 0
         self._done = False
         self._success = False
@@ -247,8 +249,8 @@ class DialogueEnv(gym.Env[str, str]):
         terminated = bool(reply.terminated)
         truncated = not terminated and self._agent_turns >= self.max_turns
         reward = float(reply.reward)
-        self._turns.append(Turn(AGENT, utterance, reward))
-        self._turns.append(Turn(ENV, sanitize(reply.text, MAX_OBSERVATION_CHARS)))
+        self._append(Turn(AGENT, utterance, reward))
+        self._append(Turn(ENV, sanitize(reply.text, MAX_OBSERVATION_CHARS)))
         self._done = terminated or truncated
         self._success = bool(reply.success)
         info = self._info()
@@ -285,11 +287,15 @@ class DialogueEnv(gym.Env[str, str]):
         return rewards
 
     # -------------------------------------------------------------- internals
+    def _append(self, turn: Turn) -> None:
+        self._turns.append(turn)
+        line = render_turn(turn)
+        self._rendered = f"{self._rendered}\n{line}" if len(self._turns) > 1 else line
+
     def _observation(self) -> str:
         if self.observation_mode == "last":
             return self._turns[-1].text if self._turns else ""
-        obs = render_transcript(self._turns)
-        return obs[-MAX_OBSERVATION_CHARS:]
+        return self._rendered[-MAX_OBSERVATION_CHARS:]
 
     def _info(self) -> dict[str, Any]:
         return {"turns": list(self._turns), "agent_turns": self._agent_turns, "success": self._success}
