@@ -59,6 +59,15 @@ class EvalResult:
         d["normalized_ci95"] = list(self.normalized_ci95)
         return d
 
+    def metrics(self, prefix: str = "eval/") -> dict[str, float]:
+        """Scalar metrics for a logger: the summary's scalars plus the CI bounds as
+        ``ci95_lo``/``ci95_hi`` and ``normalized_ci95_lo``/``normalized_ci95_hi``."""
+        out = {f"{prefix}{k}": v for k, v in self.summary().items() if not isinstance(v, list)}
+        for name in ("ci95", "normalized_ci95"):
+            lo, hi = getattr(self, name)
+            out[f"{prefix}{name}_lo"], out[f"{prefix}{name}_hi"] = float(lo), float(hi)
+        return out
+
 
 def make_env(env_id: str, env_kwargs: dict | None = None) -> DialogueEnv:
     return gym.make(env_id, **(env_kwargs or {})).unwrapped
@@ -75,7 +84,9 @@ def evaluate(
 ) -> EvalResult:
     """Play ``n_episodes`` on seeds ``seed_offset + i`` in batches of lock-stepped envs."""
     episodes: list[dict[str, Any]] = []
-    bar = tqdm(total=n_episodes, desc=f"eval {env_id}", disable=not progress, leave=False)
+    # disable=None: quiet when stderr is not a terminal
+    bar = tqdm(total=n_episodes, desc=f"eval {env_id}", unit="ep", disable=None if progress else True,
+               leave=False)
     for start in range(0, n_episodes, batch_size):
         seeds = list(range(seed_offset + start, seed_offset + min(n_episodes, start + batch_size)))
         batch_envs = [make_env(env_id, env_kwargs) for _ in seeds]
@@ -112,6 +123,38 @@ def evaluate(
         mean_length=float(np.mean([e["length"] for e in episodes])), n_episodes=len(episodes),
         episodes=episodes,
     )
+
+
+def render_episodes(
+    env_id: str, env_kwargs: dict | None, episodes: Sequence[dict[str, Any]], limit: int = 4
+) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """Final ``rgb_array`` frames of the first ``limit`` evaluated episodes, redrawn by replay.
+
+    Each episode is replayed on a fresh env with ``render_mode="rgb_array"``, reset with
+    its seed and stepped with its logged agent utterances (the same seed and actions give
+    the same episode), then rendered once (for GuessWhich: the pool ranked by the final
+    belief). Returns ``(episode, frame)`` pairs; empty for envs without ``rgb_array``.
+    """
+    if limit <= 0 or not episodes:
+        return []
+    probe = make_env(env_id, env_kwargs)
+    if "rgb_array" not in (probe.metadata.get("render_modes") or ()):
+        return []
+    out: list[tuple[dict[str, Any], np.ndarray]] = []
+    for ep in list(episodes)[:limit]:
+        env = make_env(env_id, {**(env_kwargs or {}), "render_mode": "rgb_array"})
+        env.reset(seed=ep["seed"])
+        for t in ep["turns"]:
+            turn = t if isinstance(t, Turn) else Turn.from_dict(t)
+            if turn.speaker == AGENT:
+                _, _, term, trunc, _ = env.step(turn.text)
+                if term or trunc:
+                    break
+        frame = env.render()
+        if isinstance(frame, np.ndarray):
+            out.append((ep, frame))
+        env.close()
+    return out
 
 
 def write_samples(path: str | Path, result: EvalResult) -> None:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from dialogue_rl.algos import LEARNERS, Learner
 from dialogue_rl.config import algo_kwargs
 from dialogue_rl.data import ensure_dataset, load_dataset
 from dialogue_rl.data.generate import DataConfig
-from dialogue_rl.evaluation import EvalResult, evaluate, make_env, write_samples
+from dialogue_rl.evaluation import EvalResult, evaluate, make_env, render_episodes, write_samples
 from dialogue_rl.loggers import RunLogger
 from dialogue_rl.models.lm import ModelConfig, build_model, resolve_device
 from dialogue_rl.models.tokenizer import build_word_tokenizer, codec as make_codec, load_tokenizer
@@ -83,6 +84,19 @@ def eval_summary(res: EvalResult) -> dict[str, Any]:
     return res.summary()
 
 
+#: Evaluation episodes whose final picture (e.g. GuessWhich's ranked pool) goes to the dashboards.
+N_RENDERED_EPISODES = 4
+
+
+def log_eval_result(logger: RunLogger, res: EvalResult, step: int, env_kwargs: dict | None = None) -> None:
+    """Dashboards of one evaluation: scalar metrics (with CI bounds), the dialogue table and,
+    for envs that draw ``rgb_array`` frames, the final pictures of a few episodes."""
+    logger.log(res.metrics(), step)
+    logger.log_dialogues(res.episodes, step)
+    if logger.active:
+        logger.log_images(render_episodes(res.env_id, env_kwargs, res.episodes, N_RENDERED_EPISODES), step)
+
+
 def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, Any]:
     """Train ``cfg.algo`` on ``cfg.data``, evaluate on ``cfg.env``, write ``results.json``."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -111,8 +125,7 @@ def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, An
         res = evaluate(learner_agent(learner, tok, cfg, device, cfg.seed), cfg.env.id, dict(cfg.env.kwargs),
                        n_episodes=min(100, cfg.eval.n_episodes), batch_size=cfg.eval.batch_size,
                        progress=cfg.progress)
-        logger.log({f"eval/{k}": v for k, v in res.summary().items() if not isinstance(v, list)}, step)
-        logger.log_dialogues(res.episodes, step)
+        log_eval_result(logger, res, step, dict(cfg.env.kwargs))
         return res.summary()
 
     train_stats = fit(
@@ -123,8 +136,7 @@ def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, An
     res = evaluate(learner_agent(learner, tok, cfg, device, cfg.seed), cfg.env.id, dict(cfg.env.kwargs),
                    n_episodes=cfg.eval.n_episodes, batch_size=cfg.eval.batch_size, progress=cfg.progress)
     write_samples(run_dir / "samples.jsonl", res)
-    logger.log({f"eval/{k}": v for k, v in res.summary().items() if not isinstance(v, list)}, cfg.train.steps)
-    logger.log_dialogues(res.episodes, cfg.train.steps)
+    log_eval_result(logger, res, cfg.train.steps, dict(cfg.env.kwargs))
     results = {
         "env_id": cfg.env.id, "algo": cfg.algo.name, "seed": int(cfg.seed), "config": plain_cfg,
         "eval": res.summary(),
@@ -195,9 +207,32 @@ def _check_writable(run_dir: Path) -> None:
         raise ConfigError(f"{run_dir}: output directory is not writable ({e.strerror}); pick another hydra.run.dir") from None
 
 
-def run_saved_agent(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, Any]:
-    """Evaluate a checkpoint written by :func:`run_training` (its own config and tokenizer)."""
-    path = _abs(cfg.checkpoint, base_dir)
+@dataclass
+class SavedAgent:
+    """A trained learner loaded from a checkpoint, with the run's tokenizer and config."""
+
+    learner: Learner
+    tokenizer: Any
+    config: DictConfig  # the training run's config, as saved in the checkpoint
+    path: Path  # the checkpoints/step_* directory actually loaded
+    step: int
+    device: torch.device
+
+    def agent(self, seed: int, env: Any = None, eval_cfg: Any = None):
+        """The acting agent (greedy/sampling settings from ``eval_cfg``, else the run's own)."""
+        over: dict[str, Any] = {}
+        if env is not None:
+            over["env"] = env
+        if eval_cfg is not None:
+            over["eval"] = eval_cfg
+        cfg = OmegaConf.merge(self.config, over) if over else self.config
+        return learner_agent(self.learner, self.tokenizer, cfg, self.device, seed)
+
+
+def load_saved_agent(checkpoint: str | Path, base_dir: Path, device: str = "auto") -> SavedAgent:
+    """Load a checkpoint written by :func:`run_training`: a run directory (its newest valid
+    checkpoint) or a ``checkpoints/step_*`` directory, with the run's tokenizer and config."""
+    path = _abs(str(checkpoint), base_dir)
     if not path.exists():
         raise ckpt.CheckpointError(f"{path}: checkpoint not found; pass checkpoint=<run dir or checkpoints/step_*>")
     if not (path / ckpt.STATE_FILE).exists():
@@ -214,17 +249,23 @@ def run_saved_agent(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str,
     model = build_model(ModelConfig(**OmegaConf.to_container(saved.model, resolve=True)), tok)
     learner = make_learner(saved.algo, model)
     ckpt.load(path, learner)
-    device = resolve_device(cfg.device)
-    learner.to(device)
+    dev = resolve_device(device)
+    learner.to(dev)
+    return SavedAgent(learner, tok, saved, path, int(state["step"]), dev)
+
+
+def run_saved_agent(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, Any]:
+    """Evaluate a checkpoint written by :func:`run_training` (its own config and tokenizer)."""
+    loaded = load_saved_agent(cfg.checkpoint, base_dir, cfg.device)
+    saved, path = loaded.config, loaded.path
     env_cfg = cfg.env if cfg.env.id != saved.env.id else saved.env
-    ev_cfg = OmegaConf.merge(saved, {"eval": cfg.eval, "env": env_cfg})
-    res = evaluate(learner_agent(learner, tok, ev_cfg, device, cfg.seed), env_cfg.id, dict(env_cfg.kwargs),
+    res = evaluate(loaded.agent(cfg.seed, env=env_cfg, eval_cfg=cfg.eval), env_cfg.id, dict(env_cfg.kwargs),
                    n_episodes=cfg.eval.n_episodes, batch_size=cfg.eval.batch_size, progress=cfg.progress)
     write_samples(run_dir / "samples.jsonl", res)
     results = {
         "env_id": env_cfg.id, "algo": saved.algo.name, "seed": int(saved.seed), "checkpoint": str(path),
         "config": OmegaConf.to_container(saved, resolve=True), "eval": res.summary(),
-        "train": {"steps": int(state["step"]), "tokens_per_s": 0.0, "wall_s": 0.0},
+        "train": {"steps": loaded.step, "tokens_per_s": 0.0, "wall_s": 0.0},
     }
     write_results(run_dir, results)
     return results

@@ -108,7 +108,9 @@ def fit(
     use_amp = cfg.amp and device.type == "cuda"
     micro = max(1, cfg.batch_size // cfg.grad_accum)
     tokens, t0 = 0, time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {learner.name}", disable=not progress)
+    # disable=None: quiet when stderr is not a terminal
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {learner.name}",
+               disable=None if progress else True)
     metrics: dict[str, Any] = {}
     for step in range(start, cfg.steps):
         learner.train()

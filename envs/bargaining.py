@@ -361,6 +361,15 @@ class BargainingEnv(DialogueEnv):
         return sorted(words)
 
     @classmethod
+    def help_text(cls) -> str:
+        return (
+            "haggle over the listing's price (seller: high is good; buyer: low is good).\n"
+            "  offer:   how about $450? | $400 is my best. | i can do 1,200 | 1.2k\n"
+            "  answer:  deal. (accept the price on the table) | no. (ask the partner to move) | no deal. (leave)\n"
+            "a deal outside 0.5-1.5 times the listing, or no deal, scores -20."
+        )
+
+    @classmethod
     def policies(cls) -> dict[str, PolicyFactory]:
         return {
             "random": lambda env, rng: RandomBargainer(rng),

@@ -217,6 +217,14 @@ class DialogueEnv(gym.Env[str, str]):
         """Scripted behaviour policies by name: at least ``random``, a mid level, ``expert``."""
         raise NotImplementedError
 
+    @classmethod
+    def help_text(cls) -> str:
+        """The utterance forms the partner understands, for a person playing the agent's side."""
+        return (
+            f"say anything in one line; utterances {cls.__name__}'s partner cannot parse are answered "
+            f"{NOT_UNDERSTOOD!r} (see the env card in the class docstring for the forms it understands)."
+        )
+
     # --------------------------------------------------------------- contract
     @property
     def turns(self) -> list[Turn]:

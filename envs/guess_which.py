@@ -25,11 +25,12 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from gymnasium.utils import seeding
 
+from envs import render as draw
 from envs.core import AGENT, NOT_UNDERSTOOD, DialogueEnv, PolicyFactory, ReferenceReturns, Reply, Turn, words
 
 logger = logging.getLogger(__name__)
@@ -662,11 +663,19 @@ class GuessWhichEnv(DialogueEnv):
     * ``answer_noise`` (0.0): probability the answer is replaced by a random valid one.
     * ``invalid_penalty`` (None): reward of an utterance that is not understood; None
       picks the per-variant default above.
-    * ``observation`` ("history"), ``render_mode`` (None or "ansi"): as the base class.
+    * ``observation`` ("history"): as the base class.
+    * ``render_mode`` (None, ``"ansi"`` or ``"rgb_array"``): ``"ansi"`` is the transcript
+      (base class); ``"rgb_array"`` draws the target scene while the episode runs and,
+      once it has ended, the pool ranked by belief (a grid of thumbnails, the target
+      outlined), both as ``(H, W, 3)`` uint8 frames of the same shape
+      (:mod:`envs.render`; :meth:`render_pool` and :meth:`render_target` draw either
+      at any time).
 
     ## Version history
     * v0: initial version.
     """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -755,6 +764,21 @@ class GuessWhichEnv(DialogueEnv):
         return sorted(out)
 
     @classmethod
+    def help_text(cls) -> str:
+        return (
+            "ask questions about the hidden picture (5 by default); after each answer the pool of\n"
+            "candidate pictures is ranked by how well it fits the caption and the answers.\n"
+            "  yes/no:  is there a red object?  are there any big cubes?  is anything on the left?\n"
+            "  count:   how many cubes are there?  how many objects are there?\n"
+            "  query:   what color is the sphere?  what shape is the object on the left?\n"
+            "           what size is the red cube?  what material is the cylinder?  where is the red cube?\n"
+            "  verify:  is the cube big?  is the red object a cube?  is the sphere on the left?\n"
+            f"colors: {' '.join(COLORS)}; shapes: {' '.join(SHAPES)}; sizes: {' '.join(SIZES)};\n"
+            f"materials: {' '.join(MATERIALS)}; positions: {' '.join(POSITIONS)}. one value per attribute\n"
+            "in a question; synonyms (ball, block, large, tiny, shiny, grey, ...) and plurals work."
+        )
+
+    @classmethod
     def policies(cls) -> dict[str, PolicyFactory]:
         return {
             "random": lambda env, rng: RandomQuestioner(rng),
@@ -802,6 +826,30 @@ class GuessWhichEnv(DialogueEnv):
         b = self.beliefs()
         assert self._ranker is not None
         return [(i, float(b[i])) for i in self._ranker.ranking()]
+
+    def render(self) -> str | np.ndarray | None:
+        if self.render_mode == "rgb_array":
+            return self.render_rgb()
+        return super().render()
+
+    def render_rgb(self) -> np.ndarray:
+        """The ``rgb_array`` frame: the target scene during the episode, the ranked pool
+        once it has ended, a blank frame before the first reset (all of one shape)."""
+        if self._setup is None:
+            return draw.blank(*draw.pool_frame_shape(self.pool_size)[:2])
+        return self.render_pool() if self._done else self.render_target()
+
+    def render_target(self) -> np.ndarray:
+        """The hidden target scene, drawn as large as the pool frame."""
+        setup = self.setup
+        h, w, _ = draw.pool_frame_shape(len(setup.pool))
+        return draw.draw_scene(decode_scene(setup.pool[setup.target]), h, w)
+
+    def render_pool(self) -> np.ndarray:
+        """The pool ranked by the current belief (most likely first, row-major), the target
+        outlined, each thumbnail labelled with its rank and belief."""
+        ranked = self.ranking()
+        return draw.draw_pool(self.pool, [i for i, _ in ranked], self.setup.target, [b for _, b in ranked])
 
     def reward_of(self, turns: Sequence[Turn | dict], seed: int | None = None) -> list[float]:
         """Rewards of a logged dialogue under this env's variant, in closed form.

@@ -354,6 +354,14 @@ class MazeEnv(DialogueEnv):
         return sorted({w for t in texts for w in words(t)} | set("0123456789") | {".", ",", "!", ":"})
 
     @classmethod
+    def help_text(cls) -> str:
+        return (
+            "move one cell a turn: move up. | move down. | move left. | move right.\n"
+            "also: north, south, west, east; 'go left', 'left', 'please move west' (one direction word).\n"
+            "rows and columns count from 0 at the top-left corner; a blocked move bumps into the wall."
+        )
+
+    @classmethod
     def policies(cls) -> dict[str, PolicyFactory]:
         return {
             "random": lambda env, rng: RandomMover(rng),

@@ -646,6 +646,16 @@ class DealOrNoDealEnv(DialogueEnv):
         return sorted(words)
 
     @classmethod
+    def help_text(cls) -> str:
+        return (
+            "divide the books, hats and balls; you score your values of what you get (0 without a deal).\n"
+            "  offer:   i take 2 books and 1 hat, you get the rest. | you can have the balls. | i need the book.\n"
+            "  answer:  deal. (accept the proposal on the table) | no. (ask for a better one) | no deal. (leave)\n"
+            "  select:  select: 2 books, 0 hats, 1 ball. (your own take; after the partner selects, or to end)\n"
+            "counts as digits or words (two, both, all, a); 'the rest', 'everything else', 'one of each'."
+        )
+
+    @classmethod
     def policies(cls) -> dict[str, PolicyFactory]:
         return {
             "random": lambda env, rng: RandomNegotiator(rng),

@@ -9,6 +9,7 @@ the tests), so a perfect questioner can always single the object out.
 from __future__ import annotations
 
 import logging
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -443,6 +444,20 @@ class TwentyQuestionsEnv(DialogueEnv):
     def vocabulary(cls) -> list[str]:
         texts = [INTRO, YES, NO, CORRECT, NOT_UNDERSTOOD, "a an", *QUESTION_TEXTS, *OBJECTS]
         return sorted({w for t in texts for w in words(t)} | {"?", ".", "!", ","})
+
+    @classmethod
+    def help_text(cls) -> str:
+        def wrap(items: Sequence[str]) -> str:
+            return "\n".join(textwrap.wrap(" | ".join(items), 100, initial_indent="  ", subsequent_indent="  "))
+
+        return (
+            "ask yes/no questions, exactly in these forms (case and punctuation ignored):\n"
+            f"{wrap(list(ATTRIBUTES.values()))}\n"
+            "categories:\n"
+            f"{wrap(list(CATEGORIES.values()))}\n"
+            "or name the object: is it a hammer? (any of the objects below)\n"
+            f"{wrap(list(OBJECTS))}"
+        )
 
     @classmethod
     def policies(cls) -> dict[str, PolicyFactory]:

@@ -280,6 +280,14 @@ class WordleEnv(DialogueEnv):
         return sorted(base)
 
     @classmethod
+    def help_text(cls) -> str:
+        return (
+            "guess the hidden five-letter word: type it (crane) or 'guess crane'.\n"
+            "feedback per letter: green = right place, yellow = elsewhere in the word, grey = not in it\n"
+            "(duplicate letters count as often as the word has them). words outside the list cost a guess."
+        )
+
+    @classmethod
     def policies(cls) -> dict[str, PolicyFactory]:
         return {
             "random": lambda env, rng: RandomGuesser(rng),

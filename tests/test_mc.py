@@ -154,8 +154,10 @@ def _train_and_play_stitch(steps: int = 150) -> float:
     data = tokenize_dataset(stitch_rows(), c)
     model = build_model(ModelConfig("t", n_layer=1, n_head=2, n_embd=32, n_positions=64), tok)
     learner = MC(model, gamma=0.99, alpha=0.1, beta=16.0)
-    cfg = TrainConfig(steps=steps, batch_size=32, lr=3e-3, warmup_steps=20, log_every=1000, checkpoint_every=10**9)
-    fit(learner, data, lambda ex: collate_tokens(ex, tok.pad_token_id), cfg, torch.device("cpu"), progress=False)
+    cfg = TrainConfig(steps=steps, batch_size=32, lr=3e-3, warmup_steps=20, log_every=1000,
+                      checkpoint_every=10**9)
+    fit(learner, data, lambda ex: collate_tokens(ex, tok.pad_token_id), cfg, torch.device("cpu"),
+        progress=False)
     agent = learner.make_agent(c, SamplingConfig(greedy=True, max_utterance_tokens=4), "cpu", 0)
     env = StitchEnv()
     rets = []

@@ -34,7 +34,9 @@ Losses, averaged over agent-action states ``t`` (``a_t`` the action token):
   the action vocabulary (pad, bos and unk excluded). The Q head has one output per
   token but only the logged token's output is regressed; without this term the
   outputs of never-logged tokens keep their initial values and ``beta * (Q - V)`` can
-  pick them. ``alpha = 0`` turns it off::
+  pick them (on ``tests/toy_envs.StitchEnv`` with ``beta = 16`` and ``alpha = 0`` the agent
+  says words never logged at that node; with ``alpha = 0.1`` it finds the optimum).
+  ``alpha = 0`` turns it off::
 
       L_CQL = alpha * E[logsumexp_a Q(s_t, a) - Q(s_t, a_t)]
 
@@ -61,19 +63,32 @@ from dialogue_rl.algos.ilql import ILQL, cql_penalty, masked_mean
 def returns_to_go(batch: TokenBatch, gamma: float) -> torch.Tensor:
     """``G`` at every position ``[B, L]`` (0 off action positions), float32.
 
-    A backward scan over positions: at an action position ``G = r + gamma * G_next``
-    with ``G_next`` the return-to-go of the next *action* of the same row (0 after the
-    last one: no bootstrap, also for truncated episodes); other positions carry
-    ``G_next`` through unchanged, so environment tokens cost no discount step.
+    With ``k(j)`` the index of action ``j`` among its row's actions, ``r_act[b, k]`` the
+    rewards compacted to actions only (``[B, K]``, ``K`` the most actions in a row) and
+    ``D[k, m] = gamma^(m - k)`` for ``m >= k`` (else 0)::
+
+        G_act = r_act @ D^T,    G[b, j] = G_act[b, k(j)]
+
+    which is the backward recursion ``G = r + gamma * G_next`` over actions only: no
+    Python loop over positions, and environment tokens cost no discount step. The sum
+    stops at the row's last action (no bootstrap, also for truncated episodes). The
+    product runs in float32 with autocast off, so bf16 training never rounds the targets.
     """
     is_action = batch["action_mask"].bool()
     rewards = batch["rewards"].float()
-    g = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[:, 0])
-    for j in range(rewards.shape[1] - 1, -1, -1):
-        running = torch.where(is_action[:, j], rewards[:, j] + gamma * running, running)
-        g[:, j] = torch.where(is_action[:, j], running, torch.zeros_like(running))
-    return g
+    k = (is_action.long().cumsum(1) - 1).clamp_min(0)  # action index at action positions
+    n_act = int(is_action.sum(1).max()) if is_action.numel() else 0
+    if n_act == 0:
+        return torch.zeros_like(rewards)
+    with torch.autocast(device_type=rewards.device.type, enabled=False):
+        r_act = torch.zeros(rewards.shape[0], n_act, dtype=torch.float32, device=rewards.device)
+        r_act.scatter_add_(1, k, torch.where(is_action, rewards, torch.zeros_like(rewards)))
+        idx = torch.arange(n_act, device=rewards.device)
+        steps = (idx[None, :] - idx[:, None]).float()  # [k, m]: m - k
+        discount = torch.where(steps >= 0, torch.full_like(steps, gamma).pow(steps.clamp_min(0)),
+                               torch.zeros_like(steps))
+        g_act = r_act @ discount.T
+    return torch.where(is_action, g_act.gather(1, k), torch.zeros_like(rewards))
 
 
 def _action_vocab(cfg, vocab: int, excluded_ids: list[int] | None) -> torch.Tensor:
