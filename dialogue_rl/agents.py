@@ -109,7 +109,10 @@ class LMAgent:
         if not observations:
             return []
         self.model.eval()
-        prompts = [self.encode(h) for h in observations]
+        # Histories longer than the model's context keep their most recent tokens, leaving
+        # room for the utterance to be generated.
+        ctx = max_context(self.model) - self.sampling.max_utterance_tokens
+        prompts = [self.encode(h)[-ctx:] for h in observations]
         b, width = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((b, width), self.pad_id, dtype=torch.long)
         attn = torch.zeros((b, width), dtype=torch.long)
@@ -121,6 +124,12 @@ class LMAgent:
             self.model, ids, attn, self.codec.eou_id, self.sampling, self.generator, self.perturb, self.banned
         )
         return [self.codec.decode(t) for t in out_tokens]
+
+
+def max_context(model: nn.Module) -> int:
+    """The number of positions a causal LM can attend to (GPT-2: ``n_positions``)."""
+    cfg = model.config
+    return int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", 1024))
 
 
 def generate_utterances(

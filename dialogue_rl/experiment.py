@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import envs
 from dialogue_rl import checkpoint as ckpt
-from dialogue_rl.agents import LMAgent, SamplingConfig, ScriptedAgent, banned_token_ids
+from dialogue_rl.agents import LMAgent, max_context, SamplingConfig, ScriptedAgent, banned_token_ids
 from dialogue_rl.algos import LEARNERS, Learner
 from dialogue_rl.config import algo_kwargs
 from dialogue_rl.data import ensure_dataset, load_dataset
@@ -115,8 +115,7 @@ def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, An
     if cfg.init_from:
         _init_from(model, _abs(cfg.init_from, base_dir))
     learner = make_learner(cfg.algo, model)
-    max_len = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
-    examples = learner.make_examples(dataset["train"], codec, max_len)
+    examples = learner.make_examples(dataset["train"], codec, max_context(model))
     log.info("training %s on %d dialogues (%s)", learner.name, len(examples), cfg.env.id)
     train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
     pad = tok.pad_token_id

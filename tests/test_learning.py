@@ -193,3 +193,15 @@ def test_evaluate_scripted_expert_beats_random():
     rnd = evaluate(ScriptedAgent(cls.policies()["random"]), env_id, n_episodes=40, batch_size=20, progress=False)
     assert exp.mean_return > rnd.mean_return
     assert exp.ci95[0] <= exp.mean_return <= exp.ci95[1] and len(exp.episodes) == 40
+
+
+def test_lm_agent_keeps_the_recent_tokens_of_a_history_longer_than_its_context():
+    torch.manual_seed(0)
+    tok = _tok()
+    c = make_codec(tok)
+    model = build_model(ModelConfig("t", n_layer=1, n_head=2, n_embd=16, n_positions=32), tok)
+    agent = LMAgent(model, c, SamplingConfig(greedy=True, max_utterance_tokens=6))
+    long = DIALOGUE[:1] + [Turn("agent", "is it 2?", -1.0), Turn("env", "higher.")] * 10
+    assert len(agent.encode(long)) > 32
+    out = agent.act([long, DIALOGUE[:1]])
+    assert len(out) == 2 and all(isinstance(u, str) for u in out)
