@@ -121,33 +121,18 @@ def test_agent_advantage_weight_is_used():
 def _train_and_play(algo: str, steps: int = 150) -> float:
     from dialogue_rl.agents import LMAgent, SamplingConfig
     from dialogue_rl.algos import BC
-    from dialogue_rl.data import collate_tokens, tokenize_dataset
     from dialogue_rl.models.tokenizer import codec as make_codec
-    from dialogue_rl.train import TrainConfig, fit
-    from envs.core import play_episode
-    from tests.toy_envs import StitchEnv, stitch_rows
+    from tests.toy_envs import StitchEnv, fit_on_stitch, stitch_mean_return
 
     torch.manual_seed(0)
     tok = build_word_tokenizer(StitchEnv.vocabulary(), [])
-    c = make_codec(tok)
-    data = tokenize_dataset(stitch_rows(), c)
     model = build_model(ModelConfig("t", n_layer=1, n_head=2, n_embd=32, n_positions=64), tok)
     learner = ILQL(model, gamma=0.99, tau=0.9, alpha=0.1, beta=16.0, polyak=0.05) if algo == "ilql" else BC(model)
-    cfg = TrainConfig(steps=steps, batch_size=32, lr=3e-3, warmup_steps=20, log_every=1000, checkpoint_every=10**9)
-    fit(learner, data, lambda ex: collate_tokens(ex, tok.pad_token_id), cfg, torch.device("cpu"), progress=False)
+    fit_on_stitch(learner, tok, steps)
     sampling = SamplingConfig(greedy=True, max_utterance_tokens=4)
+    c = make_codec(tok)
     agent = learner.make_agent(c, sampling, "cpu", 0) if algo == "ilql" else LMAgent(model, c, sampling)
-    env = StitchEnv()
-    rets = []
-    for seed in range(5):
-        _, info = env.reset(seed=seed)
-        ret, done = 0.0, False
-        while not done:
-            _, r, term, trunc, info = env.step(agent.act([info["turns"]])[0])
-            ret += r
-            done = term or trunc
-        rets.append(ret)
-    return sum(rets) / len(rets)
+    return stitch_mean_return(agent)
 
 
 def test_ilql_stitches_to_the_optimum_where_bc_does_not():

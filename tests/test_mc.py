@@ -143,33 +143,16 @@ def test_agent_is_ilqls_with_q_minus_v():
 def _train_and_play_stitch(steps: int = 150) -> float:
     """Train MC on ``stitch_rows()`` (as tests/test_ilql.py does ILQL) and play 5 greedy episodes."""
     from dialogue_rl.agents import SamplingConfig
-    from dialogue_rl.data import collate_tokens, tokenize_dataset
     from dialogue_rl.models.tokenizer import codec as make_codec
-    from dialogue_rl.train import TrainConfig, fit
-    from tests.toy_envs import StitchEnv, stitch_rows
+    from tests.toy_envs import StitchEnv, fit_on_stitch, stitch_mean_return
 
     torch.manual_seed(0)
     tok = build_word_tokenizer(StitchEnv.vocabulary(), [])
-    c = make_codec(tok)
-    data = tokenize_dataset(stitch_rows(), c)
     model = build_model(ModelConfig("t", n_layer=1, n_head=2, n_embd=32, n_positions=64), tok)
     learner = MC(model, gamma=0.99, alpha=0.1, beta=16.0)
-    cfg = TrainConfig(steps=steps, batch_size=32, lr=3e-3, warmup_steps=20, log_every=1000,
-                      checkpoint_every=10**9)
-    fit(learner, data, lambda ex: collate_tokens(ex, tok.pad_token_id), cfg, torch.device("cpu"),
-        progress=False)
-    agent = learner.make_agent(c, SamplingConfig(greedy=True, max_utterance_tokens=4), "cpu", 0)
-    env = StitchEnv()
-    rets = []
-    for seed in range(5):
-        _, info = env.reset(seed=seed)
-        ret, done = 0.0, False
-        while not done:
-            _, r, term, trunc, info = env.step(agent.act([info["turns"]])[0])
-            ret += r
-            done = term or trunc
-        rets.append(ret)
-    return sum(rets) / len(rets)
+    fit_on_stitch(learner, tok, steps)
+    agent = learner.make_agent(make_codec(tok), SamplingConfig(greedy=True, max_utterance_tokens=4), "cpu", 0)
+    return stitch_mean_return(agent)
 
 
 def test_mc_picks_the_better_branch_at_each_node():

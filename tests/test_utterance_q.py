@@ -233,17 +233,9 @@ def test_registered_and_configurable():
 
 # ------------------------------------------------------------------ stitching
 def _play(agent, episodes: int = 5) -> float:
-    env = StitchEnv()
-    rets = []
-    for seed in range(episodes):
-        _, info = env.reset(seed=seed)
-        ret, done = 0.0, False
-        while not done:
-            _, r, term, trunc, info = env.step(agent.act([info["turns"]], [0])[0])
-            ret += r
-            done = term or trunc
-        rets.append(ret)
-    return sum(rets) / len(rets)
+    from tests.toy_envs import stitch_mean_return
+
+    return stitch_mean_return(agent, episodes)
 
 
 def test_sample_and_rank_stitches_to_the_optimum_where_bc_does_not():

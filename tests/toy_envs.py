@@ -134,3 +134,36 @@ def stitch_rows(n: int = 300) -> list[dict]:
         rows.append({"env_id": "stitch", "seed": i, "policy": name, "turns": [t.to_dict() for t in ep.turns],
                      "return": ep.ret, "length": ep.agent_turns, "success": ep.success})
     return rows
+
+
+def fit_on_stitch(learner: Any, tokenizer: Any, steps: int = 150, lr: float = 3e-3) -> None:
+    """Train ``learner`` on :func:`stitch_rows` with the shared loop (CPU, quiet)."""
+    import torch
+
+    from dialogue_rl.train import TrainConfig, fit
+
+    data = learner.make_examples(stitch_rows(), _codec(tokenizer), 64)
+    cfg = TrainConfig(steps=steps, batch_size=32, lr=lr, warmup_steps=20, log_every=10**9, checkpoint_every=10**9)
+    fit(learner, data, lambda ex: learner.collate(ex, tokenizer.pad_token_id), cfg, torch.device("cpu"),
+        progress=False)
+
+
+def stitch_mean_return(agent: Any, episodes: int = 5) -> float:
+    """Mean return of a batched agent over ``episodes`` seeded :class:`StitchEnv` episodes."""
+    env = StitchEnv()
+    rets = []
+    for seed in range(episodes):
+        _, info = env.reset(seed=seed)
+        ret, done = 0.0, False
+        while not done:
+            _, r, term, trunc, info = env.step(agent.act([info["turns"]], [0])[0])
+            ret += r
+            done = term or trunc
+        rets.append(ret)
+    return sum(rets) / len(rets)
+
+
+def _codec(tokenizer: Any):
+    from dialogue_rl.models.tokenizer import codec
+
+    return codec(tokenizer)

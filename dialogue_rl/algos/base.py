@@ -33,6 +33,30 @@ def action_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tens
     return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
 
 
+def hidden_size(model: nn.Module) -> int:
+    """Width of the backbone's last hidden state (GPT-2: ``n_embd``)."""
+    cfg = model.config
+    return int(cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd)
+
+
+def make_head(width: int, out: int, hidden: int = 0) -> nn.Module:
+    """A value head: linear, or a one-hidden-layer GELU MLP when ``hidden > 0``."""
+    if hidden:
+        return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, out))
+    return nn.Linear(width, out)
+
+
+def action_vocab_mask(cfg: Any, vocab: int, excluded_ids: Sequence[int] | None = None) -> torch.Tensor:
+    """Bool mask of tokens that can be actions: all but pad, bos and unk (``<eou>`` kept)."""
+    if excluded_ids is None:
+        special = (cfg.pad_token_id, cfg.bos_token_id, getattr(cfg, "unk_token_id", None))
+        excluded_ids = [i for i in special if i is not None and i != cfg.eos_token_id]
+    mask = torch.ones(vocab, dtype=torch.bool)
+    if excluded_ids:
+        mask[torch.tensor(sorted(set(excluded_ids)))] = False
+    return mask
+
+
 class Learner(nn.Module):
     """Base class: a learner owns its modules and defines its loss.
 

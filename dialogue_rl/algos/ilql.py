@@ -51,7 +51,9 @@ import torch
 from torch import nn
 
 from dialogue_rl.agents import LMAgent, SamplingConfig
-from dialogue_rl.algos.base import Learner, TokenBatch, shifted_action_mask
+from dialogue_rl.algos.base import (
+    Learner, TokenBatch, action_vocab_mask, hidden_size, make_head, shifted_action_mask,
+)
 from dialogue_rl.algos.bc import bc_loss
 
 
@@ -110,25 +112,12 @@ class ILQL(Learner):
         super().__init__(model)
         self.gamma, self.tau, self.alpha, self.polyak = gamma, tau, alpha, polyak
         self.bc_weight, self.beta = bc_weight, beta
-        cfg = model.config
-        h, vocab = cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd, cfg.vocab_size
-
-        def head(out: int) -> nn.Module:
-            if hidden:
-                return nn.Sequential(nn.Linear(h, hidden), nn.GELU(), nn.Linear(hidden, out))
-            return nn.Linear(h, out)
-
-        self.q_heads = nn.ModuleList([head(vocab), head(vocab)])
-        self.v_head = head(1)
+        h, vocab = hidden_size(model), model.config.vocab_size
+        self.q_heads = nn.ModuleList([make_head(h, vocab, hidden), make_head(h, vocab, hidden)])
+        self.v_head = make_head(h, 1, hidden)
         self.target_q_heads = copy.deepcopy(self.q_heads)
         self.target_q_heads.requires_grad_(False)
-        if excluded_ids is None:
-            special = (cfg.pad_token_id, cfg.bos_token_id, getattr(cfg, "unk_token_id", None))
-            excluded_ids = [i for i in special if i is not None and i != cfg.eos_token_id]
-        action_vocab = torch.ones(vocab, dtype=torch.bool)
-        if excluded_ids:
-            action_vocab[torch.tensor(sorted(set(excluded_ids)))] = False
-        self.register_buffer("action_vocab", action_vocab, persistent=False)
+        self.register_buffer("action_vocab", action_vocab_mask(model.config, vocab, excluded_ids), persistent=False)
 
     # ------------------------------------------------------------------ values
     def values(self, hidden: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:

@@ -55,7 +55,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dialogue_rl.algos.base import Learner, TokenBatch, shifted_action_mask
+from dialogue_rl.algos.base import (
+    Learner, TokenBatch, action_vocab_mask, hidden_size, make_head, shifted_action_mask,
+)
 from dialogue_rl.algos.bc import bc_loss
 from dialogue_rl.algos.ilql import ILQL, cql_penalty, masked_mean
 
@@ -91,17 +93,6 @@ def returns_to_go(batch: TokenBatch, gamma: float) -> torch.Tensor:
     return torch.where(is_action, g_act.gather(1, k), torch.zeros_like(rewards))
 
 
-def _action_vocab(cfg, vocab: int, excluded_ids: list[int] | None) -> torch.Tensor:
-    """Bool mask of tokens that can be actions: all but pad, bos and unk (``<eou>`` kept)."""
-    if excluded_ids is None:
-        special = (cfg.pad_token_id, cfg.bos_token_id, getattr(cfg, "unk_token_id", None))
-        excluded_ids = [i for i in special if i is not None and i != cfg.eos_token_id]
-    mask = torch.ones(vocab, dtype=torch.bool)
-    if excluded_ids:
-        mask[torch.tensor(sorted(set(excluded_ids)))] = False
-    return mask
-
-
 class MC(Learner):
     """Q and V heads regressed on Monte-Carlo returns-to-go; acts like ILQL."""
 
@@ -119,17 +110,10 @@ class MC(Learner):
     ) -> None:
         super().__init__(model)
         self.gamma, self.alpha, self.bc_weight, self.beta = gamma, alpha, bc_weight, beta
-        cfg = model.config
-        h, vocab = cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd, cfg.vocab_size
-
-        def head(out: int) -> nn.Module:
-            if hidden:
-                return nn.Sequential(nn.Linear(h, hidden), nn.GELU(), nn.Linear(hidden, out))
-            return nn.Linear(h, out)
-
-        self.q_head = head(vocab)
-        self.v_head = head(1)
-        self.register_buffer("action_vocab", _action_vocab(cfg, vocab, excluded_ids), persistent=False)
+        h, vocab = hidden_size(model), model.config.vocab_size
+        self.q_head = make_head(h, vocab, hidden)
+        self.v_head = make_head(h, 1, hidden)
+        self.register_buffer("action_vocab", action_vocab_mask(model.config, vocab, excluded_ids), persistent=False)
 
     def loss(self, batch: TokenBatch) -> tuple[torch.Tensor, dict[str, float]]:
         out = self.model(

@@ -107,7 +107,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dialogue_rl.agents import SamplingConfig, generate_utterances
-from dialogue_rl.algos.base import Learner, TokenBatch
+from dialogue_rl.algos.base import Learner, TokenBatch, hidden_size, make_head
 from envs.core import AGENT, DialogueEnv, Turn
 from envs.token_view import TokenCodec, encode_dialogue
 
@@ -349,7 +349,7 @@ class UtteranceQ(Learner):
         self.act_candidates = act_candidates or n_candidates
         self.encoder, self.seed = encoder, seed
         cfg = model.config
-        h = cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd
+        h = hidden_size(model)
         self.eou_id = int(eou_id if eou_id is not None else cfg.eos_token_id)
         self.pad_id = int(cfg.pad_token_id if cfg.pad_token_id is not None else 0)
         if excluded_ids is None:
@@ -359,12 +359,7 @@ class UtteranceQ(Learner):
         self.max_positions: int | None = getattr(cfg, "n_positions", None) or getattr(
             cfg, "max_position_embeddings", None)
 
-        def head() -> nn.Module:
-            if hidden:
-                return nn.Sequential(nn.Linear(h, hidden), nn.GELU(), nn.Linear(hidden, 1))
-            return nn.Linear(h, 1)
-
-        self.q_heads = nn.ModuleList([head(), head()])
+        self.q_heads = nn.ModuleList([make_head(h, 1, hidden), make_head(h, 1, hidden)])
         self.target_q_heads = copy.deepcopy(self.q_heads)
         self.target_q_heads.requires_grad_(False)
         self.bc_model = copy.deepcopy(model)
