@@ -82,7 +82,16 @@ def evaluate(
     seed_offset: int = EVAL_SEED_OFFSET,
     progress: bool = True,
 ) -> EvalResult:
-    """Play ``n_episodes`` on seeds ``seed_offset + i`` in batches of lock-stepped envs."""
+    """Play ``n_episodes`` on seeds ``seed_offset + i`` in batches of lock-stepped envs.
+
+    The normalized score always uses the registered id's reference returns, which were
+    measured with the id's default constructor arguments: with other ``env_kwargs`` (a
+    shorter turn limit, say) it is logged as not comparable.
+    """
+    if any(k != "render_mode" for k in (env_kwargs or {})):
+        log.warning(
+            "normalized score of %s uses the reference returns of its default settings; "
+            "env kwargs %s change the task, so it is not comparable", env_id, dict(env_kwargs or {}))
     episodes: list[dict[str, Any]] = []
     # disable=None: quiet when stderr is not a terminal
     bar = tqdm(total=n_episodes, desc=f"eval {env_id}", unit="ep", disable=None if progress else True,
