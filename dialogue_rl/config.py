@@ -9,7 +9,7 @@ before any work starts. ``conf/train.yaml`` is the entry config of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Optional, Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -37,6 +37,7 @@ class EvalConfig:
     temperature: float = 1.0
     top_k: int = 0
     policies: list[str] = field(default_factory=list)  # scripted policies to evaluate too
+    beta: Optional[float] = None  # advantage weight of ILQL/MC agents (None: the run's algo.beta)
 
 
 @dataclass

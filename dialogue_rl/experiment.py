@@ -75,8 +75,13 @@ def learner_agent(learner: Learner, tok, cfg: DictConfig, device: torch.device, 
         max_utterance_tokens=cfg.env.max_utterance_tokens,
     )
     codec = make_codec(tok)
+    beta = cfg.eval.get("beta")
+    if beta is not None and not hasattr(learner, "beta"):
+        raise ConfigError(f"eval.beta={beta}: {type(learner).__name__} has no advantage weight; "
+                          "use it with ilql or mc, or drop it")
     if hasattr(learner, "make_agent"):
-        return learner.make_agent(codec, sampling, device, seed, banned_token_ids(codec, tok))
+        extra = {"beta": beta} if beta is not None else {}
+        return learner.make_agent(codec, sampling, device, seed, banned_token_ids(codec, tok), **extra)
     return LMAgent(learner.model, codec, sampling, device, seed, banned_ids=banned_token_ids(codec, tok))
 
 

@@ -116,6 +116,23 @@ def test_agent_advantage_weight_is_used():
     out = agent.perturb(h, logits)
     assert torch.allclose(out, 8.0 * learner.advantage(h))
     assert out.abs().sum() > 0
+    # eval.beta re-weights a trained agent without touching the learner
+    agent2 = learner.make_agent(codec(tok), SamplingConfig(greedy=True), "cpu", 0, beta=2.0)
+    assert torch.allclose(agent2.perturb(h, logits), 2.0 * learner.advantage(h))
+    assert learner.beta == 8.0
+
+
+def test_eval_beta_rejected_for_learners_without_advantage():
+    from omegaconf import OmegaConf
+
+    from dialogue_rl.algos.bc import BC
+    from dialogue_rl.experiment import ConfigError, learner_agent
+
+    tok = build_word_tokenizer(["a", "b"], [])
+    cfg = OmegaConf.create({"eval": {"greedy": True, "temperature": 1.0, "top_k": 0, "beta": 4.0},
+                            "env": {"max_utterance_tokens": 4}})
+    with pytest.raises(ConfigError, match="eval.beta"):
+        learner_agent(BC(build_model(TINY, tok)), tok, cfg, torch.device("cpu"), 0)
 
 
 def _train_and_play(algo: str, steps: int = 150) -> float:

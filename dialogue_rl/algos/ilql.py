@@ -166,8 +166,12 @@ class ILQL(Learner):
         q = torch.minimum(*[h(hidden).float() for h in self.target_q_heads])
         return q - self.v_head(hidden).float()
 
-    def make_agent(self, codec, sampling: SamplingConfig, device, seed: int, banned_ids=()) -> LMAgent:
-        beta = self.beta
+    def make_agent(
+        self, codec, sampling: SamplingConfig, device, seed: int, banned_ids=(), beta: float | None = None,
+    ) -> LMAgent:
+        """Batched agent with ``beta * (min Q_target - V)`` added to the BC logits (``beta``:
+        this learner's unless given, e.g. ``eval.beta`` to re-weight a trained agent)."""
+        beta = self.beta if beta is None else float(beta)
 
         def perturb(hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
             return logits + beta * self.advantage(hidden)
