@@ -14,7 +14,7 @@ from typing import Optional, Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from dialogue_rl.data.generate import DataConfig
+from dialogue_rl.data.generate import EVAL_SEED_OFFSET, DataConfig
 from dialogue_rl.loggers import LoggerConfig
 from dialogue_rl.models.lm import ModelConfig
 from dialogue_rl.train import TrainConfig
@@ -38,6 +38,9 @@ class EvalConfig:
     top_k: int = 0
     policies: list[str] = field(default_factory=list)  # scripted policies to evaluate too
     beta: Optional[float] = None  # advantage weight of ILQL/MC agents (None: the run's algo.beta)
+    # first evaluation seed; the default test seeds start at 1e9 (dataset seeds are below);
+    # tune on another range, e.g. 2e9, and report on the default one
+    seed_offset: int = EVAL_SEED_OFFSET
 
 
 @dataclass

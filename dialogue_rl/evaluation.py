@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 
 import envs
 from dialogue_rl.agents import Agent
+from dialogue_rl.data.generate import EVAL_SEED_OFFSET
 from envs.core import AGENT, DialogueEnv, Turn, render_transcript
 
 log = logging.getLogger(__name__)
 
-EVAL_SEED_OFFSET = 1_000_000_000
 
 
 def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:

@@ -24,7 +24,7 @@ from dialogue_rl.agents import LMAgent, max_context, SamplingConfig, ScriptedAge
 from dialogue_rl.algos import LEARNERS, Learner
 from dialogue_rl.config import algo_kwargs
 from dialogue_rl.data import ensure_dataset, load_dataset
-from dialogue_rl.data.generate import DataConfig
+from dialogue_rl.data.generate import EVAL_SEED_OFFSET, DataConfig
 from dialogue_rl.evaluation import EvalResult, evaluate, make_env, render_episodes, write_samples
 from dialogue_rl.loggers import RunLogger
 from dialogue_rl.models.lm import ModelConfig, build_model, resolve_device
@@ -85,8 +85,15 @@ def learner_agent(learner: Learner, tok, cfg: DictConfig, device: torch.device, 
     return LMAgent(learner.model, codec, sampling, device, seed, banned_ids=banned_token_ids(codec, tok))
 
 
-def eval_summary(res: EvalResult) -> dict[str, Any]:
-    return res.summary()
+def run_eval(agent, cfg: DictConfig, n_episodes: int | None = None, env: Any = None) -> EvalResult:
+    """Evaluate ``agent`` on ``cfg.env`` (or ``env``) over the seeds ``eval.seed_offset + i``."""
+    env = cfg.env if env is None else env
+    offset = int(cfg.eval.get("seed_offset", EVAL_SEED_OFFSET))
+    if offset < EVAL_SEED_OFFSET:
+        raise ConfigError(f"eval.seed_offset={offset}: evaluation seeds must not overlap dataset seeds; "
+                          f"use a value >= {EVAL_SEED_OFFSET}")
+    return evaluate(agent, env.id, dict(env.kwargs), n_episodes=n_episodes or cfg.eval.n_episodes,
+                    batch_size=cfg.eval.batch_size, seed_offset=offset, progress=cfg.progress)
 
 
 #: Evaluation episodes whose final picture (e.g. GuessWhich's ranked pool) goes to the dashboards.
@@ -126,9 +133,7 @@ def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, An
     pad = tok.pad_token_id
 
     def log_eval(step: int) -> dict[str, Any]:
-        res = evaluate(learner_agent(learner, tok, cfg, device, cfg.seed), cfg.env.id, dict(cfg.env.kwargs),
-                       n_episodes=min(100, cfg.eval.n_episodes), batch_size=cfg.eval.batch_size,
-                       progress=cfg.progress)
+        res = run_eval(learner_agent(learner, tok, cfg, device, cfg.seed), cfg, min(100, cfg.eval.n_episodes))
         log_eval_result(logger, res, step, dict(cfg.env.kwargs))
         return res.summary()
 
@@ -137,8 +142,7 @@ def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, An
         checkpoint_dir=run_dir / "checkpoints", resume=cfg.resume, log_fn=logger.log,
         eval_fn=log_eval, extra={"config": plain_cfg}, progress=cfg.progress,
     )
-    res = evaluate(learner_agent(learner, tok, cfg, device, cfg.seed), cfg.env.id, dict(cfg.env.kwargs),
-                   n_episodes=cfg.eval.n_episodes, batch_size=cfg.eval.batch_size, progress=cfg.progress)
+    res = run_eval(learner_agent(learner, tok, cfg, device, cfg.seed), cfg)
     write_samples(run_dir / "samples.jsonl", res)
     log_eval_result(logger, res, cfg.train.steps, dict(cfg.env.kwargs))
     results = {
@@ -161,8 +165,7 @@ def run_scripted(cfg: DictConfig, run_dir: Path, policy: str) -> dict[str, Any]:
     pols = env_cls.policies()
     if policy not in pols:
         raise ConfigError(f"policy={policy!r}: unknown for {cfg.env.id}; choose one of {sorted(pols)}")
-    res = evaluate(ScriptedAgent(pols[policy]), cfg.env.id, dict(cfg.env.kwargs),
-                   n_episodes=cfg.eval.n_episodes, batch_size=cfg.eval.batch_size, progress=cfg.progress)
+    res = run_eval(ScriptedAgent(pols[policy]), cfg)
     write_samples(run_dir / "samples.jsonl", res)
     results = {
         "env_id": cfg.env.id, "algo": f"scripted:{policy}", "seed": int(cfg.seed),
@@ -263,8 +266,7 @@ def run_saved_agent(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str,
     loaded = load_saved_agent(cfg.checkpoint, base_dir, cfg.device)
     saved, path = loaded.config, loaded.path
     env_cfg = cfg.env if cfg.env.id != saved.env.id else saved.env
-    res = evaluate(loaded.agent(cfg.seed, env=env_cfg, eval_cfg=cfg.eval), env_cfg.id, dict(env_cfg.kwargs),
-                   n_episodes=cfg.eval.n_episodes, batch_size=cfg.eval.batch_size, progress=cfg.progress)
+    res = run_eval(loaded.agent(cfg.seed, env=env_cfg, eval_cfg=cfg.eval), cfg, env=env_cfg)
     write_samples(run_dir / "samples.jsonl", res)
     results = {
         "env_id": env_cfg.id, "algo": saved.algo.name, "seed": int(saved.seed), "checkpoint": str(path),

@@ -123,3 +123,14 @@ def test_init_from_a_bc_checkpoint_loads_tied_weights(tmp_path):
         assert torch.equal(a, b), k
     assert fresh.lm_head.weight.data_ptr() == fresh.transformer.wte.weight.data_ptr()
     assert path.name == "step_00000001"
+
+
+def test_eval_seed_offset_may_not_reach_dataset_seeds():
+    from omegaconf import OmegaConf
+
+    from dialogue_rl.experiment import ConfigError, run_eval
+
+    cfg = OmegaConf.create({"env": {"id": "dialogue_rl/MazeFO-v0", "kwargs": {}},
+                            "eval": {"n_episodes": 1, "batch_size": 1, "seed_offset": 5}, "progress": False})
+    with pytest.raises(ConfigError, match="eval.seed_offset=5"):
+        run_eval(None, cfg)
