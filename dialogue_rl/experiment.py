@@ -124,8 +124,9 @@ def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, An
     tok = build_tokenizer(cfg, dataset, run_dir)
     codec = make_codec(tok)
     model = build_model(ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)), tok)
-    if cfg.init_from:
-        _init_from(model, _abs(cfg.init_from, base_dir))
+    init_from = _abs(cfg.init_from, base_dir) if cfg.init_from else _sweep_bc_run(cfg, run_dir)
+    if init_from is not None:
+        _init_from(model, init_from)
     learner = make_learner(cfg.algo, model)
     examples = learner.make_examples(dataset["train"], codec, max_context(model))
     log.info("training %s on %d dialogues (%s)", learner.name, len(examples), cfg.env.id)
@@ -180,6 +181,24 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> None:
     tmp = run_dir / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
     os.replace(tmp, run_dir / "results.json")
+
+
+def _sweep_bc_run(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The BC run to start from when ``init_from`` is unset and the learner needs one.
+
+    A learner with ``needs_bc_init`` (per-utterance Q samples its candidates from a frozen
+    copy of its initial model) takes the BC run of the same data and seed from its own
+    sweep directory (``<data>_bc_s<seed>`` next to ``<data>_<algo>_s<seed>``, as the
+    benchmark names them; BC runs first there). Anything else is a clear error.
+    """
+    if not getattr(LEARNERS.get(cfg.algo.name), "needs_bc_init", False):
+        return None
+    sibling = run_dir.parent / run_dir.name.replace(f"_{cfg.algo.name}_s", "_bc_s")
+    if sibling != run_dir and (sibling / "results.json").exists():
+        log.info("%s starts from the BC run of its sweep: %s", cfg.algo.name, sibling)
+        return sibling
+    raise ConfigError(f"algo={cfg.algo.name} samples candidates from a BC model: pass init_from=<BC run dir "
+                      "or its checkpoints/step_*>, or sweep algo=bc first into the same sweep directory")
 
 
 def _init_from(model: torch.nn.Module, path: Path) -> None:

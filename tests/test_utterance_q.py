@@ -279,3 +279,19 @@ def test_long_histories_are_cut_to_the_position_table():
     q2, _, _ = learner.q_values([long_state, short_state], sets, learner.q_heads)
     assert torch.allclose(q1, q2, atol=1e-5) and torch.isfinite(q1).all()
     assert len(learner.sample_utterances([long_state], 2)[0]) == 2
+
+
+def test_needs_a_bc_run_and_finds_the_one_of_its_sweep(tmp_path):
+    from omegaconf import OmegaConf
+
+    from dialogue_rl.experiment import ConfigError, _sweep_bc_run
+
+    uq = OmegaConf.create({"algo": {"name": "utterance_q"}})
+    run = tmp_path / "guess_which_utterance_q_s1"
+    with pytest.raises(ConfigError, match="init_from"):
+        _sweep_bc_run(uq, run)
+    bc = tmp_path / "guess_which_bc_s1"
+    bc.mkdir()
+    (bc / "results.json").write_text("{}")
+    assert _sweep_bc_run(uq, run) == bc
+    assert _sweep_bc_run(OmegaConf.create({"algo": {"name": "ilql"}}), tmp_path / "guess_which_ilql_s1") is None

@@ -311,6 +311,8 @@ class UtteranceQ(Learner):
     """Per-utterance double Q learning with a max over BC-sampled candidates (CHAI)."""
 
     name = "utterance_q"
+    #: candidates come from a frozen copy of the initial model, which must be a BC model
+    needs_bc_init = True
 
     def __init__(
         self,
