@@ -46,10 +46,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +153,14 @@ def decode(
     """Run a left-padded chunk through ``model`` (after ``past``), then decode one utterance a row.
 
     ``ids``/``attn``/``pos`` are ``[B, S]``; ``past``/``past_attn`` a KV cache of width ``W``
-    and its ``[B, W]`` mask (or ``None``). With ``repeat = n`` every row is decoded ``n``
+    and its ``[B, W]`` mask (or ``None``: a fresh :func:`new_cache`). With ``repeat = n`` every row is decoded ``n``
     times (rows ``i * n ... i * n + n - 1``): the chunk is run once and its cache copied,
     which is how ``n`` candidates are sampled per history. Stops each row at ``<eou>`` and
     every row after ``sampling.max_utterance_tokens`` tokens.
     """
     want_hidden = perturb is not None
+    if past is None:
+        past = new_cache(ids.shape[1] + sampling.max_utterance_tokens)
     full_attn = attn if past_attn is None else torch.cat([past_attn, attn], dim=1)
     out = model(
         input_ids=ids, attention_mask=full_attn, position_ids=pos, past_key_values=past, use_cache=True,
@@ -241,26 +246,107 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+class BufferedLayer(DynamicLayer):
+    """A Hugging Face dynamic cache layer that writes new keys/values into a preallocated
+    buffer (grown by doubling) instead of concatenating at every token.
+
+    ``DynamicLayer.update`` runs ``torch.cat`` over the whole cache at each decoding step,
+    an ``O(T)`` copy per token (``O(T^2)`` per utterance); here a step writes only its
+    own column. ``keys``/``values`` are views of the filled part of the buffer.
+    """
+
+    def __init__(self, capacity_hint: int = 0) -> None:
+        super().__init__()
+        self.capacity_hint = int(capacity_hint)
+        self._kbuf: torch.Tensor | None = None
+        self._vbuf: torch.Tensor | None = None
+        self._len = 0
+
+    @classmethod
+    def from_tensors(cls, keys: torch.Tensor, values: torch.Tensor, capacity_hint: int = 0) -> BufferedLayer:
+        layer = cls(capacity_hint)
+        layer.update(keys, values)
+        return layer
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+
+    def _reserve(self, need: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        cap = 0 if self._kbuf is None else self._kbuf.shape[-2]
+        if need <= cap and self._kbuf.shape[0] == k.shape[0]:
+            return
+        new_cap = max(need, 2 * cap, self.capacity_hint)
+        kb = k.new_empty(*k.shape[:-2], new_cap, k.shape[-1])
+        vb = v.new_empty(*v.shape[:-2], new_cap, v.shape[-1])
+        if self._len:
+            kb[..., : self._len, :] = self._kbuf[..., : self._len, :]
+            vb[..., : self._len, :] = self._vbuf[..., : self._len, :]
+        self._kbuf, self._vbuf = kb, vb
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, s = self._len, key_states.shape[-2]
+        self._reserve(n + s, key_states, value_states)
+        self._kbuf[..., n: n + s, :] = key_states
+        self._vbuf[..., n: n + s, :] = value_states
+        self._len = n + s
+        self.keys, self.values = self._kbuf[..., : n + s, :], self._vbuf[..., : n + s, :]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._len if self.is_initialized else 0
+
+    def _replace(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self._kbuf = self._vbuf = None
+        self._len = 0
+        self.update(keys, values)
+
+    def reset(self) -> None:
+        self._kbuf = self._vbuf = None
+        self._len = 0
+        super().reset()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative number of tokens to remove")
+        if tokens_to_remove and self.is_initialized:
+            self._len = max(0, self._len + tokens_to_remove)
+            self.keys, self.values = self._kbuf[..., : self._len, :], self._vbuf[..., : self._len, :]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.get_seq_length() > 0:
+            self._replace(self.keys.repeat_interleave(repeats, dim=0), self.values.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.get_seq_length() > 0:
+            self._replace(self.keys[indices, ...], self.values[indices, ...])
+
+
+def new_cache(capacity_hint: int, layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> DynamicCache:
+    """A ``DynamicCache`` of :class:`BufferedLayer` s, empty or holding ``layers``' keys and values,
+    each with room for ``capacity_hint`` positions."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = partial(BufferedLayer, capacity_hint)
+    if layers is not None:
+        cache.layers = [BufferedLayer.from_tensors(k, v, capacity_hint) for k, v in layers]
+    return cache
+
+
 def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """``[(keys, values)]`` per layer (``[B, heads, W, head_dim]``) of a Hugging Face
-    ``DynamicCache`` made of plain dynamic layers; ``None`` for any other cache (sliding
-    windows, recurrent states), which the cross-turn cache does not handle."""
+    ``DynamicCache`` made of plain (non-sliding) dynamic layers; ``None`` for any other
+    cache (sliding windows, recurrent states), which the cross-turn cache does not handle."""
     layers = getattr(cache, "layers", None)
     if not layers:
         return None
     out = []
     for layer in layers:
-        if type(layer).__name__ != "DynamicLayer" or getattr(layer, "keys", None) is None:
+        if type(layer) not in (DynamicLayer, BufferedLayer) or getattr(layer, "keys", None) is None:
             return None
         out.append((layer.keys, layer.values))
     return out
-
-
-def make_cache(tensors: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
-    """A Hugging Face ``DynamicCache`` holding the given per-layer keys and values."""
-    from transformers import DynamicCache
-
-    return DynamicCache(ddp_cache_data=tensors)
 
 
 @dataclass
@@ -284,12 +370,12 @@ class TurnCache:
 
     def prepare(
         self, prompts: Sequence[Sequence[int]], slots: Sequence[Hashable], device: torch.device
-    ) -> tuple[Any, torch.Tensor | None, list[int]]:
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]] | None, torch.Tensor | None, list[int]]:
         """Compact the cache to the reusable prefix of each prompt.
 
-        Returns ``(past, past_attn, keep)``: a ``DynamicCache`` of width ``max(keep)`` (or
-        ``None``) whose row ``i`` holds the first ``keep[i]`` tokens of ``prompts[i]``,
-        right-aligned, and its mask.
+        Returns ``(past, past_attn, keep)``: per-layer ``(keys, values)`` of width
+        ``max(keep)`` (or ``None``) whose row ``i`` holds the first ``keep[i]`` tokens of
+        ``prompts[i]``, right-aligned, and their mask.
         """
         index = {s: r for r, s in enumerate(self.slots)}
         src_rows: list[int] = []
@@ -323,7 +409,7 @@ class TurnCache:
         for k_, v_ in self.layers:
             idx = cols[:, None, :, None].expand(-1, k_.shape[1], -1, k_.shape[3])
             past_layers.append((k_[src].gather(2, idx), v_[src].gather(2, idx)))
-        return make_cache(past_layers), valid.long(), keep
+        return past_layers, valid.long(), keep
 
     def store(
         self, slots: Sequence[Hashable], prompts: Sequence[Sequence[int]], decoded: Decoded
@@ -402,6 +488,8 @@ class Rollout:
             past, past_attn, keep = self.cache.prepare(prompts, slots, self.device)
         suffixes = [p[k:] for p, k in zip(prompts, keep)]
         ids, attn, pos = left_pad(suffixes, self.pad_id, self.device, start=keep)
+        width = (0 if past_attn is None else past_attn.shape[1]) + ids.shape[1]
+        past = new_cache(width + self.sampling.max_utterance_tokens, past)
         self.stats.calls += 1
         self.stats.prompt_tokens += sum(len(p) for p in prompts)
         self.stats.encoded_tokens += sum(len(s) for s in suffixes)
