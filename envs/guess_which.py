@@ -19,6 +19,7 @@ Imports only the standard library, numpy and gymnasium.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -138,8 +139,17 @@ def _scene_key(scene: np.ndarray) -> tuple[int, ...]:
 
 
 def filter_table(filt: Sequence[int]) -> np.ndarray:
-    """``(N_OBJECT_TYPES + 1,)`` bool: which object codes match ``filt`` (EMPTY never does)."""
-    return _FEATURE_TABLE[:, list(filt) + [VALID]].all(axis=-1)
+    """``(N_OBJECT_TYPES + 1,)`` bool: which object codes match ``filt`` (EMPTY never does).
+
+    Memoised per filter (a pure function of it; the result is read-only)."""
+    return _filter_table(tuple(int(g) for g in filt))
+
+
+@functools.lru_cache(maxsize=8192)
+def _filter_table(filt: tuple[int, ...]) -> np.ndarray:
+    out = _FEATURE_TABLE[:, list(filt) + [VALID]].all(axis=-1)
+    out.flags.writeable = False
+    return out
 
 
 def matches(scenes: np.ndarray, filt: Sequence[int]) -> np.ndarray:
@@ -259,8 +269,11 @@ def _filter_of(values: Sequence[int]) -> tuple[int, ...] | None:
     return tuple(sorted(values))
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_question(text: str) -> Question | None:
     """Parse a question word by word; ``None`` when it is not in the grammar.
+
+    Memoised per text (a pure function of it; :class:`Question` is frozen).
 
     Words are normalised through a synonym table ("ball" -> sphere, "large" -> big,
     "colour" -> color, plurals -> singular); any word outside :data:`GRAMMAR_WORDS`
@@ -450,12 +463,12 @@ def percentile_of(ll: np.ndarray, target: int) -> float:
     log-likelihood difference of at most :data:`TIE_TOL`. 1.0 means the target is
     strictly more likely than every other scene; 0.5 is the uninformed value.
     """
-    lt = ll[target]
     k = ll.shape[0]
     if k < 2:
         return 1.0
-    lower = int((ll < lt - TIE_TOL).sum())
-    tied = int((np.abs(ll - lt) <= TIE_TOL).sum()) - 1
+    d = ll - ll[target]
+    lower = int(np.count_nonzero(d < -TIE_TOL))
+    tied = int(np.count_nonzero(np.abs(d) <= TIE_TOL)) - 1
     return (lower + 0.5 * tied) / (k - 1)
 
 
@@ -516,16 +529,29 @@ class EpisodeSetup:
 def sample_setup(rng: np.random.Generator, pool_size: int) -> EpisodeSetup:
     """Draw ``pool_size`` distinct scenes from the prior, a uniform target, and its caption."""
     pool = sample_scenes(rng, pool_size)
+    # Fast path: sorted code rows are the scenes' multisets (EMPTY sorts last); when they are
+    # all distinct the loop below would draw nothing, so it is skipped (same random stream).
+    keys = np.sort(pool, axis=1).astype(np.int64) @ _KEY_WEIGHTS
+    if len(set(keys.tolist())) < pool_size:
+        _resample_duplicates(rng, pool)
+    target = int(rng.integers(pool_size))
+    pool.flags.writeable = False
+    return EpisodeSetup(pool, target, Caption.sample(rng, pool[target]))
+
+
+#: Place values turning a sorted code row into one integer (``(EMPTY + 1) ** MAX_OBJECTS`` fits int64).
+_KEY_WEIGHTS = (EMPTY + 1) ** np.arange(MAX_OBJECTS, dtype=np.int64)
+
+
+def _resample_duplicates(rng: np.random.Generator, pool: np.ndarray) -> None:
+    """Redraw, in order, every scene equal (as a multiset) to an earlier one."""
     seen: set[tuple] = set()
-    for k in range(pool_size):
+    for k in range(pool.shape[0]):
         key = _scene_key(pool[k])
         while key in seen:  # distinct scenes, so the target can always be singled out
             pool[k] = sample_scenes(rng, 1)[0]
             key = _scene_key(pool[k])
         seen.add(key)
-    target = int(rng.integers(pool_size))
-    pool.flags.writeable = False
-    return EpisodeSetup(pool, target, Caption.sample(rng, pool[target]))
 
 
 def _checked_setup(setup: EpisodeSetup) -> EpisodeSetup:

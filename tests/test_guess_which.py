@@ -482,3 +482,29 @@ def test_policies_avoid_the_yes_no_penalty_when_it_is_set():
     expert = np.mean([play_episode(env, env.policies()["expert"], s).ret for s in range(30)])
     random = np.mean([play_episode(env, env.policies()["random"], s).ret for s in range(30)])
     assert expert > random + 1.0
+
+
+def test_sample_setup_fast_path_draws_the_same_pools_as_the_resampling_loop():
+    """The vectorised distinctness check must not change the random stream: compare with
+    the plain loop (resample every scene equal to an earlier one), duplicates included."""
+    from envs.guess_which import _scene_key, sample_scenes, sample_setup
+
+    def reference(rng, pool_size):
+        pool = sample_scenes(rng, pool_size)
+        seen = set()
+        for k in range(pool_size):
+            key = _scene_key(pool[k])
+            while key in seen:
+                pool[k] = sample_scenes(rng, 1)[0]
+                key = _scene_key(pool[k])
+            seen.add(key)
+        return pool, int(rng.integers(pool_size))
+
+    resampled = 0
+    for seed in range(60):
+        for size in (16, 300):  # 300 scenes: duplicate one-object scenes are frequent
+            a = sample_setup(np.random.default_rng(seed), size)
+            pool, target = reference(np.random.default_rng(seed), size)
+            assert np.array_equal(a.pool, pool) and a.target == target
+            resampled += size == 300 and not np.array_equal(pool, sample_scenes(np.random.default_rng(seed), size))
+    assert resampled > 0  # the slow path really ran

@@ -106,7 +106,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dialogue_rl.agents import SamplingConfig, generate_utterances
+from dialogue_rl.rollout import SamplingConfig, generate_utterances
 from dialogue_rl.algos.base import Learner, TokenBatch, hidden_size, make_head
 from envs.core import AGENT, DialogueEnv, Turn
 from envs.token_view import TokenCodec, encode_dialogue
@@ -415,7 +415,8 @@ class UtteranceQ(Learner):
         max_tokens: int | None = None,
         banned: Sequence[int] = (),
     ) -> list[list[Utterance]]:
-        """``n`` utterances per prompt from the frozen ``bc_model`` (batched, KV cache).
+        """``n`` utterances per prompt from the frozen ``bc_model`` (batched, KV cache; each
+        prompt is encoded once and its cache copied ``n`` times).
 
         Each utterance is returned with its closing ``<eou>`` (appended when the token
         budget cut it).
@@ -430,17 +431,18 @@ class UtteranceQ(Learner):
         ban = torch.tensor(sorted(set(self.banned_ids) | set(banned)), dtype=torch.long, device=dev)
         gen = generator if generator is not None else self.generator()
         budget = None if self.max_positions is None else max(1, self.max_positions - max_tokens - 1)
-        rows = [p if budget is None else p[-budget:] for p in prompts for _ in range(n)]
+        rows = [p if budget is None else p[-budget:] for p in prompts]
         utts: list[Utterance] = []
         was_training = self.bc_model.training
         self.bc_model.eval()
-        for lo in range(0, len(rows), MAX_SAMPLE_ROWS):
-            chunk = rows[lo : lo + MAX_SAMPLE_ROWS]
-            ids, attn = _left_pad(chunk, self.pad_id, dev)
-            toks = generate_utterances(self.bc_model, ids, attn, self.eou_id, sampling, gen, None, ban)
+        per_chunk = max(1, MAX_SAMPLE_ROWS // n)
+        for lo in range(0, len(rows), per_chunk):
+            # each prompt is run once; its KV cache is copied for its n samples
+            ids, attn = _left_pad(rows[lo : lo + per_chunk], self.pad_id, dev)
+            toks = generate_utterances(self.bc_model, ids, attn, self.eou_id, sampling, gen, None, ban, repeat=n)
             utts += [tuple(t) + (self.eou_id,) for t in toks]
         self.bc_model.train(was_training)
-        self.stats.candidates_sampled += len(rows)
+        self.stats.candidates_sampled += len(rows) * n
         self.stats.states_sampled += len(prompts)
         self.stats.sampling_calls += 1
         self.stats.sampling_s += time.perf_counter() - t0

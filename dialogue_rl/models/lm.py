@@ -64,6 +64,9 @@ def build_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         unk_token_id=tokenizer.unk_token_id,
+        # the same tanh-approximate GELU as GPT-2's "gelu_new", as one fused kernel
+        # (the Python "gelu_new" was ~20% of a tiny model's forward time on CPU)
+        activation_function="gelu_pytorch_tanh",
     )
     model = GPT2LMHeadModel(config)
     log.info("built %s model: %.2fM parameters", cfg.name, n_params(model) / 1e6)

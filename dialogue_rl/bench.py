@@ -1,0 +1,581 @@
+"""Speed and memory figures of the lab, measured as ratios in one run.
+
+Absolute times drift on shared machines, so every figure is taken several times
+(``repeats``) and reported as min / median / max, and comparisons (ILQL vs BC, cached vs
+re-encoded rollouts) interleave their repeats so that load on the machine hits them alike.
+
+* :func:`matmul_peak`: fp32 ``n x n`` matmul throughput, ``2 n^3 / t`` (GFLOP/s).
+* :func:`update_times`: BC, ILQL and per-utterance Q update times on one batch, same model.
+  Training throughput is ``tokens / t`` and model FLOPs utilisation (MFU) is
+  ``flops_per_token * tokens / t / peak`` with nanoGPT's count
+  ``flops_per_token = 6 N + 12 L H T`` (``N`` non-embedding parameters, ``L`` layers,
+  ``H`` width, ``T`` sequence length: forward + backward of the weights and the attention).
+* :func:`rollout_times`: multi-turn rollouts of ``n_episodes`` GuessWhich episodes with the
+  cross-turn KV cache (:class:`dialogue_rl.rollout.Rollout`), re-encoding the history every
+  turn, and Hugging Face ``generate`` on the re-encoded history every turn.
+* :func:`env_speeds`: utterance steps/s of every registered env with its scripted partner
+  and random agent (time in ``reset`` + ``step``, the agent's own time excluded), and token
+  steps/s of the per-token view (:class:`envs.token_view.TokenLevelEnv`, uniform random tokens).
+* :func:`peak_rss`: peak resident memory (``ru_maxrss``) of a training run and of an
+  evaluation, each in a fresh process.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+GUESS_WHICH = "dialogue_rl/GuessWhich-v0"
+
+
+def stats(xs: Sequence[float]) -> dict[str, float]:
+    """``{"min", "median", "max"}`` of a list of measurements."""
+    return {"min": float(min(xs)), "median": float(statistics.median(xs)), "max": float(max(xs))}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall time of ``fn()`` (CUDA work included)."""
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t
+
+
+# ---------------------------------------------------------------------------- matmul peak
+def matmul_peak(device: torch.device, n: int = 1024, repeats: int = 5) -> dict[str, float]:
+    """fp32 matmul GFLOP/s (``2 n^3`` per product); TF32 is off, so CUDA figures are fp32 too."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    prev = torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    inner = 8 if device.type == "cuda" else 1
+    out = []
+    try:
+        for _ in range(repeats + 1):
+            t = timed(lambda: [a @ b for _ in range(inner)], device)
+            out.append(inner * 2 * n**3 / t / 1e9)
+    finally:
+        if prev is not None:
+            torch.backends.cuda.matmul.allow_tf32 = prev
+    return stats(out[1:])
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """nanoGPT's count: ``6 N`` (non-embedding) ``+ 12 L H T`` per token for forward + backward."""
+    from dialogue_rl.models.lm import n_params
+
+    cfg = model.config
+    return 6 * n_params(model, non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * seq_len
+
+
+# ---------------------------------------------------------------------------- training
+@dataclass
+class BenchSetup:
+    """A GuessWhich batch, its tokenizer and codec, shared by the training figures."""
+
+    rows: Any
+    tok: Any
+    codec: Any
+
+
+def guess_which_setup(n_dialogues: int, seed: int = 0) -> BenchSetup:
+    from dialogue_rl.data import generate
+    from dialogue_rl.data.generate import DataConfig
+    from dialogue_rl.models import build_word_tokenizer
+    from dialogue_rl.models.tokenizer import codec as make_codec
+    from envs.guess_which import GuessWhichEnv
+
+    cfg = DataConfig(env_id=GUESS_WHICH, mixture={"expert": 0.3, "novice": 0.4, "random": 0.3},
+                     n_train=n_dialogues, n_validation=1, seed=seed)
+    rows = generate(cfg)["train"]
+    tok = build_word_tokenizer(GuessWhichEnv.vocabulary())
+    return BenchSetup(rows, tok, make_codec(tok))
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def update_times(
+    setup: BenchSetup, model_cfg: Any, device: torch.device, batch_size: int, repeats: int,
+    learners: Sequence[str] = ("bc", "ilql", "utterance_q"),
+) -> dict[str, Any]:
+    """Update times of each learner on the same batch (repeats interleaved), tokens/s.
+
+    The per-utterance Q learner gets its candidates cached by a warm-up update (its
+    default ``refresh_every=0``), as the goal "N = 8 candidates cached" asks.
+    Updates run under bf16 autocast on CUDA, like :mod:`dialogue_rl.train`.
+    """
+    from dialogue_rl.algos import LEARNERS
+    from dialogue_rl.data import collate_tokens, tokenize_dataset
+    from dialogue_rl.models import build_model
+    from dialogue_rl.train import TrainConfig, make_optimizer
+
+    data = tokenize_dataset(setup.rows, setup.codec)
+    pad = setup.tok.pad_token_id
+    token_batch = _to(collate_tokens([data[i] for i in range(min(batch_size, len(data)))], pad), device)
+    amp = device.type == "cuda"
+    built = {}
+    for name in learners:
+        torch.manual_seed(0)
+        model = build_model(model_cfg, setup.tok).to(device)
+        learner = LEARNERS[name](model).to(device)
+        if name == "utterance_q":
+            ex = learner.make_examples(setup.rows, setup.codec, 512)
+            batch = _to(learner.collate([ex[i] for i in range(min(len(ex), batch_size))], pad), device)
+        else:
+            batch = token_batch
+        opt = make_optimizer(learner, TrainConfig())
+
+        def step(learner=learner, batch=batch, opt=opt) -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                learner.update(batch, opt)
+
+        step()  # warm-up (and the candidate cache of utterance_q)
+        built[name] = (learner, step)
+    times: dict[str, list[float]] = {k: [] for k in built}
+    for _ in range(repeats):
+        for name, (_, step) in built.items():
+            times[name].append(timed(step, device))
+    n_tokens = int(token_batch["attention_mask"].sum())
+    seq_len = int(token_batch["input_ids"].shape[1])
+    fpt = flops_per_token(built[learners[0]][0].model, seq_len)
+    return {"times": times, "n_tokens": n_tokens, "seq_len": seq_len, "flops_per_token": fpt,
+            "learners": {k: v[0] for k, v in built.items()}}
+
+
+# ---------------------------------------------------------------------------- rollouts
+class GenerateAgent:
+    """Re-encodes the history each turn and calls Hugging Face ``generate`` (greedy)."""
+
+    def __init__(self, model: torch.nn.Module, codec: Any, max_tokens: int, device: torch.device,
+                 banned_ids: Sequence[int] = ()) -> None:
+        from dialogue_rl.agents import LMAgent, SamplingConfig
+
+        self.model, self.codec, self.max_tokens, self.device = model, codec, max_tokens, device
+        self._enc = LMAgent(model, codec, SamplingConfig(greedy=True, max_utterance_tokens=max_tokens), device)
+        self.bad_words = [[int(i)] for i in banned_ids]
+
+    def reset(self, envs: Any, seeds: Any) -> None:
+        pass
+
+    @torch.no_grad()
+    def act(self, observations: Sequence[Any], slots: Sequence[int] | None = None) -> list[str]:
+        from dialogue_rl.rollout import left_pad, max_context
+
+        ctx = max_context(self.model) - self.max_tokens
+        prompts = [self._enc.encode(h)[-ctx:] for h in observations]
+        ids, attn, _ = left_pad(prompts, 0, self.device)
+        out = self.model.generate(
+            input_ids=ids, attention_mask=attn, max_new_tokens=self.max_tokens, do_sample=False,
+            eos_token_id=self.codec.eou_id, pad_token_id=self.codec.eou_id,
+            bad_words_ids=self.bad_words or None,
+        )[:, ids.shape[1]:].tolist()
+        return [self.codec.decode(r[: r.index(self.codec.eou_id)] if self.codec.eou_id in r else r) for r in out]
+
+
+def rollout_times(
+    model: torch.nn.Module, setup: BenchSetup, device: torch.device, n_episodes: int, repeats: int,
+    max_tokens: int = 24, env_id: str = GUESS_WHICH,
+) -> dict[str, Any]:
+    """Time ``n_episodes`` lock-stepped episodes (one batch) with three greedy agents.
+
+    Returns per-agent times, the generated tokens (utterance tokens plus ``<eou>``),
+    the mean number of agent turns, and whether the three agents' transcripts agree.
+    """
+    from dialogue_rl.agents import LMAgent, SamplingConfig, banned_token_ids
+    from dialogue_rl.evaluation import evaluate
+
+    sampling = SamplingConfig(greedy=True, max_utterance_tokens=max_tokens)
+    ban = banned_token_ids(setup.codec, setup.tok)
+    agents = {
+        "kv": LMAgent(model, setup.codec, sampling, device, banned_ids=ban, cross_turn=True),
+        "reencode": LMAgent(model, setup.codec, sampling, device, banned_ids=ban, cross_turn=False),
+        "generate": GenerateAgent(model, setup.codec, max_tokens, device, ban),
+    }
+    model.eval()
+    times: dict[str, list[float]] = {k: [] for k in agents}
+    results: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name, agent in agents.items():
+            def run(name=name, agent=agent) -> None:
+                results[name] = evaluate(agent, env_id, n_episodes=n_episodes, batch_size=n_episodes, progress=False)
+            times[name].append(timed(run, device))
+    eps = results["kv"].episodes
+    n_tokens = sum(len(setup.codec.encode(t["text"])) + 1 for e in eps for t in e["turns"] if t["speaker"] == "agent")
+    transcripts = {k: [e["transcript"] for e in r.episodes] for k, r in results.items()}
+    return {
+        "times": times, "generated_tokens": n_tokens,
+        "mean_agent_turns": float(np.mean([e["length"] for e in eps])),
+        "kv_equals_reencode": transcripts["kv"] == transcripts["reencode"],
+        "kv_equals_generate": transcripts["kv"] == transcripts["generate"],
+    }
+
+
+# ---------------------------------------------------------------------------- environments
+def env_speed(env_id: str, budget_s: float, token_view: bool = False, seed: int = 0) -> dict[str, float]:
+    """Steps/s of one env with its ``random`` policy (utterance view) or uniform random
+    tokens (token view), over at least one episode and about ``budget_s`` seconds.
+
+    Only the env's own time (``reset`` + ``step``) is counted; ``loop_steps_per_s`` also
+    counts the random agent.
+    """
+    from dialogue_rl.evaluation import make_env
+    from envs.core import policy_rng
+
+    env = make_env(env_id)
+    policy = type(env).policies()["random"]
+    tview = None
+    if token_view:
+        from envs.token_view import TokenLevelEnv, WordTokenizer
+
+        tview = TokenLevelEnv(env, WordTokenizer.from_words(type(env).vocabulary()), max_utterance_tokens=16)
+    rng = np.random.default_rng(seed)
+    steps, env_s, episodes = 0, 0.0, 0
+    t0 = time.perf_counter()
+    while episodes == 0 or time.perf_counter() - t0 < budget_s:
+        s = seed + episodes
+        t = time.perf_counter()
+        if tview is None:
+            _, info = env.reset(seed=s)
+        else:
+            tview.reset(seed=s)
+            n_actions = tview.action_space.n
+        env_s += time.perf_counter() - t
+        pol = policy(env, policy_rng(s)) if tview is None else None
+        done = False
+        while not done:
+            if tview is None:
+                u = pol.act(info["turns"])
+                t = time.perf_counter()
+                _, _, term, trunc, info = env.step(u)
+            else:
+                a = int(rng.integers(4, n_actions)) if rng.random() > 0.15 else tview.codec.eou_id
+                t = time.perf_counter()
+                _, _, term, trunc, _ = tview.step(a)
+            env_s += time.perf_counter() - t
+            steps += 1
+            done = term or trunc
+        episodes += 1
+    wall = time.perf_counter() - t0
+    return {"steps_per_s": steps / env_s, "loop_steps_per_s": steps / wall, "steps": float(steps),
+            "episodes": float(episodes)}
+
+
+def env_speeds(env_ids: Sequence[str], budget_s: float, repeats: int) -> dict[str, dict[str, Any]]:
+    """Both views of every env: ``{env_id: {"utterance": stats, "token": stats, ...}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for env_id in env_ids:
+        row: dict[str, Any] = {}
+        for view in ("utterance", "token"):
+            runs = [env_speed(env_id, budget_s, token_view=view == "token", seed=r * 100_000) for r in range(repeats)]
+            row[view] = stats([r["steps_per_s"] for r in runs])
+            row[view + "_with_agent"] = stats([r["loop_steps_per_s"] for r in runs])
+        out[env_id] = row
+        log.info("%s: %.0f utterance steps/s, %.0f token steps/s", env_id, row["utterance"]["median"],
+                 row["token"]["median"])
+    return out
+
+
+# ---------------------------------------------------------------------------- memory
+def peak_rss_mb() -> float:
+    """This process's peak resident set (MiB): ``VmHWM`` of ``/proc/self/status`` on Linux
+    (reset by ``exec``, unlike ``ru_maxrss``, which a spawned child inherits from its
+    parent), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def _rss_child(kind: str, model_cfg: Any, device: str, steps: int, n: int, queue: Any) -> None:
+    try:
+        from dialogue_rl.models import build_model
+
+        dev = torch.device(device)
+        torch.set_num_threads(1)
+        base = peak_rss_mb()
+        setup = guess_which_setup(n)
+        torch.manual_seed(0)
+        if kind == "train":
+            from dialogue_rl.algos import LEARNERS
+            from dialogue_rl.data import collate_tokens, tokenize_dataset
+            from dialogue_rl.train import TrainConfig, make_optimizer
+
+            model = build_model(model_cfg, setup.tok).to(dev)
+            learner = LEARNERS["ilql"](model).to(dev)
+            data = tokenize_dataset(setup.rows, setup.codec)
+            batch = _to(collate_tokens([data[i] for i in range(len(data))], setup.tok.pad_token_id), dev)
+            opt = make_optimizer(learner, TrainConfig())
+            for _ in range(steps):
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                    learner.update(batch, opt)
+        else:
+            from dialogue_rl.agents import LMAgent, SamplingConfig, banned_token_ids
+            from dialogue_rl.evaluation import evaluate
+
+            model = build_model(model_cfg, setup.tok).to(dev)
+            agent = LMAgent(model, setup.codec, SamplingConfig(greedy=True, max_utterance_tokens=24), dev,
+                            banned_ids=banned_token_ids(setup.codec, setup.tok))
+            evaluate(agent, GUESS_WHICH, n_episodes=n, batch_size=n, progress=False)
+        cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else 0.0
+        queue.put({"peak_rss_mb": peak_rss_mb(), "import_rss_mb": base, "cuda_peak_mb": cuda_mb})
+    except Exception as e:  # reported to the parent
+        queue.put({"error": repr(e)})
+
+
+def peak_rss(kind: str, model_cfg: Any, device: torch.device, steps: int = 3, n: int = 32,
+             timeout_s: float = 120.0) -> dict[str, float]:
+    """Peak resident memory (MiB) of ``kind`` = ``"train"`` (ILQL updates on ``n``
+    dialogues) or ``"eval"`` (``n`` GuessWhich episodes), measured in a fresh process."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_rss_child, args=(kind, model_cfg, str(device), steps, n, q))
+    p.start()
+    try:
+        res = q.get(timeout=timeout_s)
+    finally:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.terminate()
+    if "error" in res:
+        raise RuntimeError(f"peak_rss({kind}) failed in the child process: {res['error']}")
+    return res
+
+
+# ---------------------------------------------------------------------------- the whole benchmark
+@dataclass
+class BenchConfig:
+    """Sizes of one benchmark run (``quick()``: under 3 minutes on 2 CPU cores)."""
+
+    device: str = "cpu"
+    model: str = "tiny"
+    batch_size: int = 32
+    repeats: int = 10
+    matmul_n: int = 2048
+    rollout_episodes: int = 64
+    rollout_repeats: int = 3
+    max_utterance_tokens: int = 24
+    env_budget_s: float = 1.0
+    env_repeats: int = 3
+    env_ids: tuple[str, ...] | None = None
+    rss: bool = True
+    rss_steps: int = 5
+
+    @classmethod
+    def quick(cls, **kw: Any) -> BenchConfig:
+        base = dict(repeats=5, matmul_n=1024, rollout_episodes=64, rollout_repeats=3, env_budget_s=0.25,
+                    env_repeats=3, rss_steps=3)
+        base.update(kw)
+        return cls(**base)
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """All figures as one JSON-ready dict (see the module docstring for the definitions)."""
+    import envs
+    from dialogue_rl.models import MODEL_PRESETS, build_model
+
+    device = torch.device(cfg.device)
+    model_cfg = MODEL_PRESETS[cfg.model] if isinstance(cfg.model, str) else cfg.model
+    t_start = time.perf_counter()
+    torch.manual_seed(0)
+    setup = guess_which_setup(max(cfg.batch_size, 2))
+    peak = matmul_peak(device, cfg.matmul_n, cfg.repeats)
+    up = update_times(setup, model_cfg, device, cfg.batch_size, cfg.repeats)
+    times = up["times"]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    flops = up["flops_per_token"] * up["n_tokens"]
+    peak_flops = peak["median"] * 1e9
+    out: dict[str, Any] = {
+        "device": str(device), "model": cfg.model if isinstance(cfg.model, str) else "custom",
+        "torch_threads": torch.get_num_threads(),
+        "batch_dialogues": cfg.batch_size, "batch_tokens": up["n_tokens"], "seq_len": up["seq_len"],
+        "matmul_peak_gflops": peak["median"], "matmul_peak_gflops_stats": peak,
+        "update_s": {k: stats(v) for k, v in times.items()},
+        "tokens_per_s_bc": up["n_tokens"] / med["bc"], "tokens_per_s_ilql": up["n_tokens"] / med["ilql"],
+        "tokens_per_s_bc_stats": stats([up["n_tokens"] / t for t in times["bc"]]),
+        "tokens_per_s_ilql_stats": stats([up["n_tokens"] / t for t in times["ilql"]]),
+        "mfu_bc": flops / med["bc"] / peak_flops, "mfu_ilql": flops / med["ilql"] / peak_flops,
+        "mfu_bc_stats": stats([flops / t / peak_flops for t in times["bc"]]),
+        "mfu_ilql_stats": stats([flops / t / peak_flops for t in times["ilql"]]),
+        "ilql_over_bc_update": med["ilql"] / med["bc"],
+        "uq_over_bc_update": med["utterance_q"] / med["bc"],
+        "ilql_over_bc_update_per_repeat": stats([i / b for i, b in zip(times["ilql"], times["bc"])]),
+        "uq_over_bc_update_per_repeat": stats([u / b for u, b in zip(times["utterance_q"], times["bc"])]),
+    }
+    uq = up["learners"]["utterance_q"]
+    if hasattr(uq, "sampling_report"):
+        out["uq_sampling"] = uq.sampling_report()
+    log.info("updates done (%.0f s)", time.perf_counter() - t_start)
+
+    torch.manual_seed(0)
+    model = build_model(model_cfg, setup.tok).to(device)
+    ro = rollout_times(model, setup, device, cfg.rollout_episodes, cfg.rollout_repeats, cfg.max_utterance_tokens)
+    rt = ro["times"]
+    rmed = {k: statistics.median(v) for k, v in rt.items()}
+    out.update({
+        "rollout_episodes": cfg.rollout_episodes, "rollout_mean_agent_turns": ro["mean_agent_turns"],
+        "rollout_generated_tokens": ro["generated_tokens"],
+        "rollout_s": {k: stats(v) for k, v in rt.items()},
+        "rollout_tokens_per_s": {k: ro["generated_tokens"] / v for k, v in rmed.items()},
+        "rollout_speedup_kv_vs_reencode": rmed["reencode"] / rmed["kv"],
+        "rollout_speedup_kv_vs_generate": rmed["generate"] / rmed["kv"],
+        "rollout_speedup_kv_vs_reencode_per_repeat": stats([r / k for r, k in zip(rt["reencode"], rt["kv"])]),
+        "rollout_speedup_kv_vs_generate_per_repeat": stats([g / k for g, k in zip(rt["generate"], rt["kv"])]),
+        "rollout_kv_equals_reencode": ro["kv_equals_reencode"],
+        "rollout_kv_equals_generate": ro["kv_equals_generate"],
+    })
+    log.info("rollouts done (%.0f s)", time.perf_counter() - t_start)
+
+    ids = list(cfg.env_ids) if cfg.env_ids is not None else list(envs.env_ids())
+    speeds = env_speeds(ids, cfg.env_budget_s, cfg.env_repeats)
+    out["env_steps_per_s"] = {k: v["utterance"]["median"] for k, v in speeds.items()}
+    out["env_token_steps_per_s"] = {k: v["token"]["median"] for k, v in speeds.items()}
+    out["env_speed_stats"] = speeds
+    log.info("envs done (%.0f s)", time.perf_counter() - t_start)
+
+    if cfg.rss:
+        tr = peak_rss("train", model_cfg, device, cfg.rss_steps, cfg.batch_size)
+        ev = peak_rss("eval", model_cfg, device, n=cfg.rollout_episodes)
+        out.update({
+            "peak_rss_mb_train": tr["peak_rss_mb"], "peak_rss_mb_eval": ev["peak_rss_mb"],
+            "rss_mb_after_imports": tr["import_rss_mb"],
+        })
+        if device.type == "cuda":
+            out.update({"cuda_peak_mb_train": tr["cuda_peak_mb"], "cuda_peak_mb_eval": ev["cuda_peak_mb"]})
+    out["bench_wall_s"] = time.perf_counter() - t_start
+    return out
+
+
+# ---------------------------------------------------------------------------- report
+GOALS = (
+    ("mfu_bc", ">=", 0.5, "BC training MFU (tiny, fp32)"),
+    ("ilql_over_bc_update", "<=", 1.5, "ILQL update / BC update"),
+    ("uq_over_bc_update", "<=", 3.0, "per-utterance Q update (N=8 cached) / BC update"),
+    ("rollout_speedup_kv_vs_reencode", ">=", 5.0, "KV-cached rollout speed-up over re-encoding"),
+    ("rollout_speedup_kv_vs_generate", ">", 1.0, "KV-cached rollout speed-up over HF generate"),
+)
+
+
+def _fmt(s: dict[str, float], digits: int = 3) -> str:
+    return f"{s['median']:.{digits}g} ({s['min']:.{digits}g} / {s['max']:.{digits}g})"
+
+
+def render_markdown(res: dict[str, Any], command: str) -> str:
+    """``docs/performance.md`` from a :func:`run_bench` result."""
+    lines = [
+        "# Performance",
+        "",
+        f"Written by `{command}` (device `{res['device']}`, model `{res['model']}`, "
+        f"{res['torch_threads']} torch thread(s)). Figures are median (min / max) over repeats;",
+        "ratios are measured in one run with interleaved repeats. Definitions: `dialogue_rl/bench.py`.",
+        "",
+        "## Goals",
+        "",
+        "| goal | measured | target | met |",
+        "|---|---|---|---|",
+    ]
+    for key, op, target, label in GOALS:
+        v = float(res[key])
+        ok = {">=": v >= target, "<=": v <= target, ">": v > target}[op]
+        lines.append(f"| {label} | {v:.3g} | {op} {target:g} | {'yes' if ok else 'no'} |")
+    slow = {k: v for k, v in res["env_steps_per_s"].items() if v < 10_000}
+    lines.append(f"| every env >= 10,000 utterance steps/s | min {min(res['env_steps_per_s'].values()):.0f} "
+                 f"| >= 10000 | {'yes' if not slow else 'no: ' + ', '.join(sorted(slow))} |")
+    lines += [
+        "",
+        "## Training (one update, same GuessWhich batch and model)",
+        "",
+        f"Batch: {res['batch_dialogues']} dialogues, {res['batch_tokens']} tokens, padded length {res['seq_len']}. "
+        f"Matmul peak (fp32): {_fmt(res['matmul_peak_gflops_stats'])} GFLOP/s.",
+        "",
+        "| learner | update (s) | tokens/s | MFU |",
+        "|---|---|---|---|",
+    ]
+    mfu = {"bc": res["mfu_bc_stats"], "ilql": res["mfu_ilql_stats"]}
+    tps = {"bc": res["tokens_per_s_bc_stats"], "ilql": res["tokens_per_s_ilql_stats"]}
+    for name, s in res["update_s"].items():
+        lines.append(f"| {name} | {_fmt(s)} | {_fmt(tps[name]) if name in tps else '-'} | "
+                     f"{_fmt(mfu[name]) if name in mfu else '-'} |")
+    lines += [
+        "",
+        f"ILQL / BC: {_fmt(res['ilql_over_bc_update_per_repeat'])}; "
+        f"per-utterance Q / BC: {_fmt(res['uq_over_bc_update_per_repeat'])} (per-repeat ratios).",
+        "",
+        f"## Rollouts ({res['rollout_episodes']} GuessWhich episodes in one batch, greedy, "
+        f"{res['rollout_mean_agent_turns']:.1f} agent turns each, {res['rollout_generated_tokens']} generated tokens)",
+        "",
+        "| agent | time (s) | generated tokens/s |",
+        "|---|---|---|",
+    ]
+    names = {"kv": "KV cache across turns (`Rollout`)", "reencode": "re-encode history each turn",
+             "generate": "HF `generate` each turn"}
+    for k, s in res["rollout_s"].items():
+        lines.append(f"| {names.get(k, k)} | {_fmt(s)} | {res['rollout_tokens_per_s'][k]:.0f} |")
+    lines += [
+        "",
+        f"Speed-up of the cross-turn cache: {_fmt(res['rollout_speedup_kv_vs_reencode_per_repeat'])} over "
+        f"re-encoding, {_fmt(res['rollout_speedup_kv_vs_generate_per_repeat'])} over `generate`. "
+        f"Same transcripts as re-encoding: {res['rollout_kv_equals_reencode']}; "
+        f"as `generate`: {res['rollout_kv_equals_generate']}.",
+        "",
+        "## Environments (random agent; env time only, reset + step)",
+        "",
+        "| env | utterance steps/s | token steps/s | utterance steps/s with the agent |",
+        "|---|---|---|---|",
+    ]
+    for k, row in res["env_speed_stats"].items():
+        lines.append(f"| `{k}` | {_fmt(row['utterance'])} | {_fmt(row['token'])} | {_fmt(row['utterance_with_agent'])} |")
+    if "peak_rss_mb_train" in res:
+        lines += [
+            "",
+            "## Memory (peak resident set, fresh process each)",
+            "",
+            f"- training (ILQL updates): {res['peak_rss_mb_train']:.0f} MiB",
+            f"- evaluation ({res['rollout_episodes']} episodes, cross-turn cache): {res['peak_rss_mb_eval']:.0f} MiB",
+            f"- after imports alone: {res['rss_mb_after_imports']:.0f} MiB",
+        ]
+        if "cuda_peak_mb_train" in res:
+            lines.append(f"- CUDA peak allocated: training {res['cuda_peak_mb_train']:.0f} MiB, "
+                         f"evaluation {res['cuda_peak_mb_eval']:.0f} MiB")
+    lines += [
+        "",
+        "## Reading the figures",
+        "",
+        "- The rollout model is a randomly initialised preset, so every utterance runs to the token",
+        "  budget: decoding (one forward per token, identical in all three agents) dominates, and the",
+        "  cross-turn cache only removes the per-turn re-encoding of the history. The speed-up grows",
+        "  with history length and shrinks with utterance length.",
+        "- The per-utterance Q update runs about 9 candidates (the dataset utterance and N = 8 cached",
+        "  samples, here all budget-long) per state, forward and backward, plus the target pass at the",
+        "  next states: several times the tokens of the BC update on the same dialogues.",
+        "- TextWorld ids step the real TextWorld engine (its own Python game engine), not a scripted",
+        "  partner of this lab.",
+        "",
+        f"Benchmark wall time: {res['bench_wall_s']:.0f} s.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,46 @@
+"""The benchmark's functions run at a minuscule size and give the documented keys and types."""
+
+import json
+
+import torch
+
+from dialogue_rl.bench import BenchConfig, env_speed, render_markdown, run_bench
+from dialogue_rl.models import ModelConfig
+
+REQUIRED = ("matmul_peak_gflops", "mfu_bc", "mfu_ilql", "ilql_over_bc_update", "uq_over_bc_update",
+            "rollout_speedup_kv_vs_reencode", "rollout_speedup_kv_vs_generate", "peak_rss_mb_train")
+
+
+def test_bench_keys_and_types_at_a_tiny_size(tmp_path):
+    cfg = BenchConfig(
+        model=ModelConfig("t", n_layer=1, n_head=2, n_embd=16, n_positions=256), batch_size=2, repeats=1,
+        matmul_n=64, rollout_episodes=2, rollout_repeats=1, max_utterance_tokens=3, env_budget_s=0.0,
+        env_repeats=1, env_ids=("dialogue_rl/GuessWhich-v0", "dialogue_rl/MazeFO-v0"), rss=False,
+    )
+    res = run_bench(cfg)
+    json.loads(json.dumps(res))  # JSON-ready
+    for k in REQUIRED[:-1]:
+        assert isinstance(res[k], float) and res[k] > 0, k
+    assert set(res["env_steps_per_s"]) == {"dialogue_rl/GuessWhich-v0", "dialogue_rl/MazeFO-v0"}
+    assert all(v > 0 for v in res["env_steps_per_s"].values())
+    assert all(v > 0 for v in res["env_token_steps_per_s"].values())
+    for s in (res["update_s"]["bc"], res["matmul_peak_gflops_stats"], res["rollout_s"]["kv"]):
+        assert set(s) == {"min", "median", "max"} and s["min"] <= s["median"] <= s["max"]
+    assert res["rollout_kv_equals_reencode"] is True  # greedy: same transcripts
+    md = render_markdown(res, "python scripts/bench.py --quick")
+    assert md.startswith("# Performance") and "| BC training MFU" in md
+
+
+def test_env_speed_counts_steps_of_both_views():
+    u = env_speed("dialogue_rl/MazeFO-v0", 0.0)
+    t = env_speed("dialogue_rl/MazeFO-v0", 0.0, token_view=True)
+    assert u["episodes"] == 1 and u["steps"] >= 1 and u["steps_per_s"] >= u["loop_steps_per_s"] > 0
+    assert t["steps"] >= u["steps"]  # a token view episode takes at least one token per utterance
+
+
+def test_peak_rss_child_reports_memory():
+    from dialogue_rl.bench import peak_rss
+
+    res = peak_rss("eval", ModelConfig("t", n_layer=1, n_head=2, n_embd=16, n_positions=256),
+                   torch.device("cpu"), n=2)
+    assert res["peak_rss_mb"] >= res["import_rss_mb"] > 10
