@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +129,9 @@ def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, An
 
 
 def _run_training(cfg: DictConfig, run_dir: Path, base_dir: Path, dist: distributed.DistContext):
-    run_dir = Path(dist.broadcast(str(run_dir)))  # the ranks may have composed different ${now:}
+    own, run_dir = run_dir, Path(dist.broadcast(str(run_dir)))  # ranks may compose different ${now:}
+    if own != run_dir:
+        _remove_hydra_only_dir(own)
     if dist.is_main:
         check_output_dir(run_dir)
     check_env_id(cfg.env.id)
@@ -181,6 +184,12 @@ def _run_training(cfg: DictConfig, run_dir: Path, base_dir: Path, dist: distribu
     write_results(run_dir, results)
     logger.finish()
     return results
+
+
+def _remove_hydra_only_dir(path: Path) -> None:
+    """Drop the directory Hydra made for a rank > 0 whose ``${now:}`` differed from rank 0's."""
+    if path.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in path.iterdir()):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def run_scripted(cfg: DictConfig, run_dir: Path, policy: str) -> dict[str, Any]:
