@@ -115,7 +115,7 @@ def guard(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     def wrapper(cfg: DictConfig) -> Any:
         try:
             return task(cfg)
-        except Exception as e:  # noqa: BLE001 - known ones are reported, the rest re-raised
+        except Exception as e:  # known ones are reported, the rest re-raised
             line = format_error(e, sys.argv[1:])
             if line is None:
                 raise
@@ -133,7 +133,7 @@ def run_cli(main: Callable[[], Any], prog: str | None = None, stderr: TextIO | N
         os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
-    except Exception as e:  # noqa: BLE001 - known ones are reported, the rest re-raised
+    except Exception as e:  # known ones are reported, the rest re-raised
         line = format_error(e, sys.argv[1:])
         if line is None:
             raise

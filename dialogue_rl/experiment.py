@@ -21,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import envs
 from dialogue_rl import checkpoint as ckpt
+from dialogue_rl import distributed
 from dialogue_rl.agents import LMAgent, max_context, SamplingConfig, ScriptedAgent, banned_token_ids
 from dialogue_rl.algos import LEARNERS, Learner
-from dialogue_rl import distributed
 from dialogue_rl.config import ConfigError, algo_kwargs
 from dialogue_rl.data import ensure_dataset, load_dataset
 from dialogue_rl.data.generate import DataConfig
