@@ -79,6 +79,8 @@ def save(
     """Write ``<root>/step_<step>`` atomically and keep the newest ``keep`` checkpoints."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp_step_*"):  # left by a process killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp_step_{step:08d}_", dir=root))
     try:

@@ -20,6 +20,10 @@ from dialogue_rl.models.lm import ModelConfig
 from dialogue_rl.train import TrainConfig
 
 
+class ConfigError(ValueError):
+    """A configuration value is wrong (one line naming the key and the fix)."""
+
+
 @dataclass
 class EnvConfig:
     """The evaluation environment (the dataset's env by default)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,22 +21,19 @@ from omegaconf import DictConfig, OmegaConf
 
 import envs
 from dialogue_rl import checkpoint as ckpt
+from dialogue_rl import distributed
 from dialogue_rl.agents import LMAgent, max_context, SamplingConfig, ScriptedAgent, banned_token_ids
 from dialogue_rl.algos import LEARNERS, Learner
-from dialogue_rl.config import algo_kwargs
+from dialogue_rl.config import ConfigError, algo_kwargs
 from dialogue_rl.data import ensure_dataset, load_dataset
 from dialogue_rl.data.generate import EVAL_SEED_OFFSET, DataConfig
 from dialogue_rl.evaluation import EvalResult, evaluate, make_env, render_episodes, write_samples
 from dialogue_rl.loggers import RunLogger
 from dialogue_rl.models.lm import ModelConfig, build_model, resolve_device
 from dialogue_rl.models.tokenizer import build_word_tokenizer, codec as make_codec, load_tokenizer
-from dialogue_rl.train import TrainConfig, fit
+from dialogue_rl.train import TrainConfig, check_output_dir, fit
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong (one line naming the key and the fix)."""
 
 
 def _abs(path: str, base: Path) -> Path:
@@ -43,22 +41,36 @@ def _abs(path: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def load_data(cfg: DictConfig, base: Path):
-    """The run's dataset: ``dataset_path`` if given, else the generated recipe (cached)."""
+def load_data(cfg: DictConfig, base: Path, dist: distributed.DistContext = distributed.SINGLE):
+    """The run's dataset: ``dataset_path`` if given, else the generated recipe (cached).
+
+    Under torchrun rank 0 generates a missing recipe while the other ranks wait.
+    """
     if cfg.dataset_path:
         return load_dataset(_abs(cfg.dataset_path, base))
-    data_cfg = DataConfig(**OmegaConf.to_container(cfg.data, resolve=True))
-    return load_dataset(ensure_dataset(data_cfg, _abs(cfg.data_root, base)))
+    try:
+        data_cfg = DataConfig(**OmegaConf.to_container(cfg.data, resolve=True))
+    except ValueError as e:
+        raise ConfigError(f"data: {e} (conf/data/*.yaml or a data.* override)") from None
+    root = _abs(cfg.data_root, base)
+    if dist.is_main:
+        path = ensure_dataset(data_cfg, root)
+    dist.barrier()
+    if not dist.is_main:
+        path = ensure_dataset(data_cfg, root)  # found in the cache rank 0 just filled
+    return load_dataset(path)
 
 
-def build_tokenizer(cfg: DictConfig, dataset, run_dir: Path):
+def build_tokenizer(cfg: DictConfig, dataset, run_dir: Path | None):
+    """The run's tokenizer, saved into ``run_dir/tokenizer`` (unless ``run_dir`` is None)."""
     if cfg.model.pretrained:
         tok = load_tokenizer(cfg.model.pretrained)
     else:
         env_cls = type(make_env(cfg.env.id, dict(cfg.env.kwargs)))
         texts = (t["text"] for split in dataset.values() for turns in split["turns"] for t in turns)
         tok = build_word_tokenizer(env_cls.vocabulary(), texts)
-    tok.save_pretrained(str(run_dir / "tokenizer"))
+    if run_dir is not None:
+        tok.save_pretrained(str(run_dir / "tokenizer"))
     return tok
 
 
@@ -109,19 +121,39 @@ def log_eval_result(logger: RunLogger, res: EvalResult, step: int, env_kwargs: d
         logger.log_images(render_episodes(res.env_id, env_kwargs, res.episodes, N_RENDERED_EPISODES), step)
 
 
-def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, Any]:
-    """Train ``cfg.algo`` on ``cfg.data``, evaluate on ``cfg.env``, write ``results.json``."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_writable(run_dir)
+def check_env_id(env_id: str) -> None:
+    if env_id not in envs.env_ids():
+        raise ConfigError(f"env.id={env_id!r}: unknown env id (conf/env/*.yaml or an env.id override); "
+                          f"fix: use one of {', '.join(envs.env_ids())}")
+
+
+def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, Any] | None:
+    """Train ``cfg.algo`` on ``cfg.data``, evaluate on ``cfg.env``, write ``results.json``.
+
+    Launched by ``torchrun``, every rank calls this; rank 0 returns the results, the
+    others ``None``.
+    """
+    dist = distributed.init(cfg.device)
+    try:
+        return _run_training(cfg, run_dir, base_dir, dist)
+    finally:
+        distributed.shutdown(dist)
+
+
+def _run_training(cfg: DictConfig, run_dir: Path, base_dir: Path, dist: distributed.DistContext):
+    own, run_dir = run_dir, Path(dist.broadcast(str(run_dir)))  # ranks may compose different ${now:}
+    if own != run_dir:
+        _remove_hydra_only_dir(own)
+    if dist.is_main:
+        check_output_dir(run_dir)
+    check_env_id(cfg.env.id)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    if cfg.env.id not in envs.env_ids():
-        raise ConfigError(f"env.id={cfg.env.id!r}: unknown env id; registered: {', '.join(envs.env_ids())}")
+    device = distributed.device_of(dist, resolve_device(cfg.device))
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
     logger = RunLogger(cfg.logger, run_dir, plain_cfg, name=run_dir.name)
     t0 = time.perf_counter()
-    dataset = load_data(cfg, base_dir)
-    tok = build_tokenizer(cfg, dataset, run_dir)
+    dataset = load_data(cfg, base_dir, dist)
+    tok = build_tokenizer(cfg, dataset, run_dir if dist.is_main else None)
     codec = make_codec(tok)
     model = build_model(ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)), tok)
     init_from = _abs(cfg.init_from, base_dir) if cfg.init_from else _sweep_bc_run(cfg, run_dir)
@@ -129,7 +161,8 @@ def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, An
         _init_from(model, init_from)
     learner = make_learner(cfg.algo, model)
     examples = learner.make_examples(dataset["train"], codec, max_context(model))
-    log.info("training %s on %d dialogues (%s)", learner.name, len(examples), cfg.env.id)
+    log.info("training %s on %d dialogues (%s)%s", learner.name, len(examples), cfg.env.id,
+             f", {dist.world_size} processes ({dist.backend})" if dist.enabled else "")
     train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
     pad = tok.pad_token_id
 
@@ -141,8 +174,10 @@ def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, An
     train_stats = fit(
         learner, examples, lambda ex: learner.collate(ex, pad), train_cfg, device, seed=cfg.seed,
         checkpoint_dir=run_dir / "checkpoints", resume=cfg.resume, log_fn=logger.log,
-        eval_fn=log_eval, extra={"config": plain_cfg}, progress=cfg.progress,
+        eval_fn=log_eval, extra={"config": plain_cfg}, progress=cfg.progress, dist=dist,
     )
+    if not dist.is_main:
+        return None
     res = run_eval(learner_agent(learner, tok, cfg, device, cfg.seed), cfg)
     write_samples(run_dir / "samples.jsonl", res)
     log_eval_result(logger, res, cfg.train.steps, dict(cfg.env.kwargs))
@@ -153,6 +188,7 @@ def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, An
             "steps": train_stats["steps"], "tokens_per_s": train_stats["tokens_per_s"],
             "wall_s": train_stats["wall_s"], "total_wall_s": time.perf_counter() - t0,
             "n_dialogues": len(examples), "final_metrics": train_stats["final_metrics"],
+            "world_size": dist.world_size,
         },
     }
     write_results(run_dir, results)
@@ -160,8 +196,15 @@ def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, An
     return results
 
 
+def _remove_hydra_only_dir(path: Path) -> None:
+    """Drop the directory Hydra made for a rank > 0 whose ``${now:}`` differed from rank 0's."""
+    if path.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in path.iterdir()):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def run_scripted(cfg: DictConfig, run_dir: Path, policy: str) -> dict[str, Any]:
     """Evaluate a scripted behaviour policy as if it were a learner (reference rows)."""
+    check_env_id(cfg.env.id)
     env_cls = type(make_env(cfg.env.id, dict(cfg.env.kwargs)))
     pols = env_cls.policies()
     if policy not in pols:
@@ -224,15 +267,6 @@ def _init_from(model: torch.nn.Module, path: Path) -> None:
     log.info("initialised the LM from %s", path)
 
 
-def _check_writable(run_dir: Path) -> None:
-    probe = run_dir / ".write_probe"
-    try:
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"{run_dir}: output directory is not writable ({e.strerror}); pick another hydra.run.dir") from None
-
-
 @dataclass
 class SavedAgent:
     """A trained learner loaded from a checkpoint, with the run's tokenizer and config."""
@@ -260,17 +294,21 @@ def load_saved_agent(checkpoint: str | Path, base_dir: Path, device: str = "auto
     checkpoint) or a ``checkpoints/step_*`` directory, with the run's tokenizer and config."""
     path = _abs(str(checkpoint), base_dir)
     if not path.exists():
-        raise ckpt.CheckpointError(f"{path}: checkpoint not found; pass checkpoint=<run dir or checkpoints/step_*>")
+        raise ckpt.CheckpointError(
+            f"{path}: checkpoint not found; fix: pass checkpoint=<run dir or its checkpoints/step_*> "
+            "(relative to the launch directory)")
     if not (path / ckpt.STATE_FILE).exists():
         found = ckpt.latest(path / "checkpoints") or ckpt.latest(path)
         if found is None:
-            raise ckpt.CheckpointError(f"{path}: no valid checkpoint inside")
+            raise ckpt.CheckpointError(f"{path}: no valid checkpoint inside (see the warnings above); "
+                                       "fix: pass a run directory with checkpoints/step_*")
         path = found
     state = ckpt.verify(path)
     saved = OmegaConf.create(state["extra"]["config"])
     tok_dir = path.parent.parent / "tokenizer"
     if not tok_dir.is_dir():
-        raise ckpt.CheckpointError(f"{tok_dir}: tokenizer of the run is missing")
+        raise ckpt.CheckpointError(f"{tok_dir}: tokenizer of the run is missing; fix: pass a checkpoint "
+                                   "inside the run directory that trained it")
     tok = load_tokenizer(tok_dir)
     model = build_model(ModelConfig(**OmegaConf.to_container(saved.model, resolve=True)), tok)
     learner = make_learner(saved.algo, model)
@@ -282,6 +320,7 @@ def load_saved_agent(checkpoint: str | Path, base_dir: Path, device: str = "auto
 
 def run_saved_agent(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, Any]:
     """Evaluate a checkpoint written by :func:`run_training` (its own config and tokenizer)."""
+    check_env_id(cfg.env.id)
     loaded = load_saved_agent(cfg.checkpoint, base_dir, cfg.device)
     saved, path = loaded.config, loaded.path
     env_cfg = cfg.env if cfg.env.id != saved.env.id else saved.env

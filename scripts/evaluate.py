@@ -15,15 +15,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig
 
-from dialogue_rl.config import register_configs
+from dialogue_rl.cli import guard, run_cli
+from dialogue_rl.config import ConfigError, register_configs
 
 register_configs()
 log = logging.getLogger("evaluate")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@guard
 def main(cfg: DictConfig) -> None:
-    from dialogue_rl.experiment import ConfigError, run_saved_agent, run_scripted
+    from dialogue_rl.experiment import run_saved_agent, run_scripted
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.policy:
@@ -31,7 +33,8 @@ def main(cfg: DictConfig) -> None:
     elif cfg.checkpoint:
         results = run_saved_agent(cfg, run_dir, Path(get_original_cwd()))
     else:
-        raise ConfigError("nothing to evaluate: pass checkpoint=<run dir or checkpoints/step_*> or policy=<name>")
+        raise ConfigError("nothing to evaluate (conf/train.yaml: checkpoint and policy are null); "
+                          "fix: pass checkpoint=<run dir or checkpoints/step_*> or policy=<name>")
     ev = results["eval"]
     log.info("%s on %s: return %.3f [%.3f, %.3f], normalized %.1f, success %.2f -> %s",
              results["algo"], results["env_id"], ev["mean_return"], *ev["ci95"], ev["normalized_score"],
@@ -39,4 +42,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

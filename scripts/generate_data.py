@@ -15,6 +15,7 @@ where training runs look for it. The ``data`` group is typed by
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -23,6 +24,8 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from dialogue_rl.cli import guard, run_cli
+from dialogue_rl.config import ConfigError
 from dialogue_rl.data import DataConfig, ensure_dataset, generate_and_save, load_metadata
 
 log = logging.getLogger("generate_data")
@@ -44,11 +47,15 @@ _cs.store(group="data", name="data_schema", node=DataConfig)  # recipes may list
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="generate_data")
+@guard
 def main(cfg: DictConfig) -> None:
     container: Any = OmegaConf.to_container(cfg.data, resolve=True)
     if cfg.num_workers is not None:
         container["num_workers"] = int(cfg.num_workers)
-    data_cfg = DataConfig.from_dict(container)
+    try:
+        data_cfg = DataConfig.from_dict(container)
+    except ValueError as e:
+        raise ConfigError(f"data: {e} (conf/data/*.yaml or a data.* override)") from None
     t0 = time.perf_counter()
     path = generate_and_save(data_cfg, cfg.out_dir) if cfg.out_dir else ensure_dataset(data_cfg, cfg.root)
     seconds = time.perf_counter() - t0
@@ -63,4 +70,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

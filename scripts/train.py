@@ -7,6 +7,11 @@ Examples::
     python scripts/train.py env=guess_which model=small device=cuda logger=wandb
     python scripts/train.py -m seed=0,1,2                    # a sweep (Hydra multirun)
     python scripts/train.py -m +experiment=benchmark_small   # the benchmark (resumable: skip_finished)
+    torchrun --nproc_per_node 2 scripts/train.py algo=ilql  # data-parallel (DDP) on 2 processes
+
+A mistake in the input (unknown key, wrong type, unknown env id, malformed dataset,
+missing checkpoint, unwritable output directory) is reported in one line on stderr with
+exit status 2 (``dialogue_rl.cli``).
 
 With ``skip_finished=true`` a run whose output directory already holds a
 ``results.json`` is not run again (its score is returned), so rerunning an interrupted
@@ -26,6 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 from omegaconf import DictConfig, OmegaConf
 
+from dialogue_rl.cli import guard, run_cli
 from dialogue_rl.config import register_configs
 
 register_configs()
@@ -72,7 +78,8 @@ def finished_results(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+@guard
+def main(cfg: DictConfig) -> float | None:
     from dialogue_rl.experiment import run_training
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -81,6 +88,8 @@ def main(cfg: DictConfig) -> float:
         log.info("skipping a finished run: %s", run_dir / "results.json")
     else:
         results = run_training(cfg, run_dir, Path(get_original_cwd()))
+    if results is None:  # a rank > 0 of a torchrun job: rank 0 reports
+        return None
     ev = results["eval"]
     log.info(
         "%s on %s: return %.3f [%.3f, %.3f], normalized %.1f, success %.2f -> %s",
@@ -91,4 +100,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
