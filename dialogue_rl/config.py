@@ -109,9 +109,22 @@ class UtteranceQConfig(AlgoConfig):
     seed: int = 0
 
 
+@dataclass
+class RewardModelConfig(AlgoConfig):
+    """Bradley–Terry reward model; see :mod:`dialogue_rl.algos.reward_model`."""
+
+    name: str = "reward_model"
+    group_by: str = "opening"  # seed | opening | none (dialogues of one group are paired)
+    min_gap: float = 0.0  # pair only dialogues whose returns differ by more than this
+    pairs_per_row: int = 1
+    label_noise: float = 0.0  # probability of swapping a pair's labels
+    hidden: int = 0
+    seed: int = 0
+
+
 ALGO_SCHEMAS: dict[str, type[AlgoConfig]] = {
     "bc": BCConfig, "filtered_bc": FilteredBCConfig, "ilql": ILQLConfig, "mc": MCConfig,
-    "utterance_q": UtteranceQConfig,
+    "utterance_q": UtteranceQConfig, "reward_model": RewardModelConfig,
 }
 
 

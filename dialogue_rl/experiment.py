@@ -166,6 +166,10 @@ def _run_training(cfg: DictConfig, run_dir: Path, base_dir: Path, dist: distribu
     train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
     pad = tok.pad_token_id
 
+    if not getattr(learner, "acts", True):
+        return _train_offline_scorer(learner, examples, dataset, codec, pad, cfg, train_cfg, device,
+                                     run_dir, logger, plain_cfg, dist, t0)
+
     def log_eval(step: int) -> dict[str, Any]:
         res = run_eval(learner_agent(learner, tok, cfg, device, cfg.seed), cfg, min(100, cfg.eval.n_episodes))
         log_eval_result(logger, res, step, dict(cfg.env.kwargs))
@@ -191,6 +195,38 @@ def _run_training(cfg: DictConfig, run_dir: Path, base_dir: Path, dist: distribu
             "world_size": dist.world_size,
         },
     }
+    write_results(run_dir, results)
+    logger.finish()
+    return results
+
+
+def _train_offline_scorer(learner, examples, dataset, codec, pad, cfg, train_cfg, device, run_dir, logger,
+                          plain_cfg, dist, t0) -> dict[str, Any] | None:
+    """Training of a learner that does not act (``acts = False``: the reward model): ``fit``,
+    then its held-out evaluation on the validation split (``learner.evaluate_pairs``)."""
+    def held_out(step: int) -> dict[str, Any]:
+        m = learner.evaluate_pairs(dataset["validation"], codec, max_context(learner.model), pad, device)
+        logger.log({f"eval/{k}": v for k, v in m.items()}, step)
+        return m
+
+    train_stats = fit(
+        learner, examples, lambda ex: learner.collate(ex, pad), train_cfg, device, seed=cfg.seed,
+        checkpoint_dir=run_dir / "checkpoints", resume=cfg.resume, log_fn=logger.log,
+        eval_fn=held_out, extra={"config": plain_cfg}, progress=cfg.progress, dist=dist,
+    )
+    if not dist.is_main:
+        return None
+    results = {
+        "env_id": cfg.env.id, "algo": cfg.algo.name, "seed": int(cfg.seed), "config": plain_cfg,
+        "eval": held_out(cfg.train.steps),
+        "train": {
+            "steps": train_stats["steps"], "tokens_per_s": train_stats["tokens_per_s"],
+            "wall_s": train_stats["wall_s"], "total_wall_s": time.perf_counter() - t0,
+            "n_pairs": len(examples), "final_metrics": train_stats["final_metrics"],
+            "world_size": dist.world_size,
+        },
+    }
+    log.info("%s: held-out %s", learner.name, results["eval"])
     write_results(run_dir, results)
     logger.finish()
     return results
