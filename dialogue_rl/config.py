@@ -122,9 +122,23 @@ class RewardModelConfig(AlgoConfig):
     seed: int = 0
 
 
+@dataclass
+class DPOConfig(AlgoConfig):
+    """DPO against the frozen initial (BC) model; see :mod:`dialogue_rl.algos.dpo`."""
+
+    name: str = "dpo"
+    beta: float = 0.1
+    group_by: str = "opening"
+    min_gap: float = 0.0
+    pairs_per_row: int = 1
+    label_noise: float = 0.0
+    seed: int = 0
+
+
 ALGO_SCHEMAS: dict[str, type[AlgoConfig]] = {
     "bc": BCConfig, "filtered_bc": FilteredBCConfig, "ilql": ILQLConfig, "mc": MCConfig,
     "utterance_q": UtteranceQConfig, "reward_model": RewardModelConfig,
+    "dpo": DPOConfig,
 }
 
 
