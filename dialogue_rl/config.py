@@ -135,10 +135,35 @@ class DPOConfig(AlgoConfig):
     seed: int = 0
 
 
+@dataclass
+class PPOConfig(AlgoConfig):
+    """Online PPO with a KL penalty to the BC model; see :mod:`dialogue_rl.algos.ppo`."""
+
+    name: str = "ppo"
+    kl_coef: float = 0.05
+    kl_target: float = 0.0  # > 0: adaptive coefficient towards this per-episode KL
+    kl_horizon: int = 10_000
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_eps: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.5
+    epochs: int = 4
+    rollouts: int = 64
+    minibatch: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    max_utterance_tokens: int = 32
+    whiten: bool = True
+    hidden: int = 0
+    seed: int = 0
+    reward_model: Optional[str] = None  # a reward_model run dir: its score replaces the env reward
+
+
 ALGO_SCHEMAS: dict[str, type[AlgoConfig]] = {
     "bc": BCConfig, "filtered_bc": FilteredBCConfig, "ilql": ILQLConfig, "mc": MCConfig,
     "utterance_q": UtteranceQConfig, "reward_model": RewardModelConfig,
-    "dpo": DPOConfig,
+    "dpo": DPOConfig, "ppo": PPOConfig,
 }
 
 

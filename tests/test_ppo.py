@@ -82,3 +82,66 @@ def test_adaptive_kl_controller():
     assert c.update(3.0, 256) == pytest.approx(v * (1 - 0.2 * 256 / 10_000))  # error clipped at -0.2
     assert c.update(6.6, 1000) == pytest.approx(v * (1 - 0.2 * 0.0256) * (1 + 0.1 * 0.1))
     assert FixedKLController(0.1).update(100.0, 10) == 0.1
+
+
+# ------------------------------------------------------------------ the online learner
+def _ppo(**kw):
+    from dialogue_rl.algos.ppo import PPO
+    from dialogue_rl.models import ModelConfig, build_model, build_word_tokenizer
+    from envs.guess_which import GuessWhichEnv
+
+    tok = build_word_tokenizer(GuessWhichEnv.vocabulary(), [])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("t", n_layer=1, n_head=2, n_embd=16, n_positions=256), tok)
+    return PPO(model, **kw), tok
+
+
+def test_online_iterations_update_the_policy_not_the_reference():
+    from dialogue_rl.agents import banned_token_ids
+    from dialogue_rl.models.tokenizer import codec as make_codec
+    from dialogue_rl.train import TrainConfig
+
+    learner, tok = _ppo(rollouts=6, minibatch=3, epochs=2, max_utterance_tokens=8)
+    c = make_codec(tok)
+    ref = [p.detach().clone() for p in learner.reference.parameters()]
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    logged = []
+    cfg = TrainConfig(steps=2, lr=1e-3, warmup_steps=1, log_every=1, checkpoint_every=10**6)
+    stats = learner.train_online("dialogue_rl/GuessWhich-v0", {}, c, tok.pad_token_id, cfg, torch.device("cpu"),
+                                 banned_ids=banned_token_ids(c, tok), log_fn=lambda m, s: logged.append((s, m)))
+    assert [s for s, _ in logged] == [1, 2]
+    first = logged[0][1]
+    # the first rollout is played by the reference itself: zero KL, and rewards are the env's
+    assert first["train/kl_to_ref"] == pytest.approx(0.0, abs=1e-5)
+    assert first["train/reward_score"] == pytest.approx(first["train/episode_return"], abs=1e-5)
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats["final_metrics"].values())
+    assert all(torch.equal(a, b) for a, b in zip(learner.reference.parameters(), ref))
+    assert any(not torch.equal(a, b) for a, b in zip(learner.model.parameters(), before))
+    assert not any(p.requires_grad for p in learner.reference.parameters())
+
+
+def test_learned_reward_sits_on_the_last_agent_token():
+    learner, tok = _ppo(kl_coef=0.0, whiten=False, gamma=1.0, lam=1.0)
+    from dialogue_rl.data.views import collate_tokens, tokenize_dialogue
+    from dialogue_rl.models.tokenizer import codec as make_codec
+
+    row = {"return": 0.5, "terminated": True, "turns": [
+        {"speaker": "env", "text": "a picture of 1 object, a big object.", "reward": 0.0},
+        {"speaker": "agent", "text": "what color is the object?", "reward": 0.25},
+        {"speaker": "env", "text": "red.", "reward": 0.0},
+        {"speaker": "agent", "text": "is it a cube?", "reward": 0.25}]}
+    batch = collate_tokens([tokenize_dialogue(row, make_codec(tok))], tok.pad_token_id)
+    env = learner.prepare(batch)
+    learned = learner.prepare(batch, reward_fn=lambda b: torch.tensor([3.0]))
+    n = int(env["mask"].sum())
+    assert env["score"].item() == pytest.approx(0.5) and learned["score"].item() == pytest.approx(3.0)
+    # gamma = lambda = 1, no KL: R_t is the reward-to-go (the env's: 0.5 then 0.25 after the first <eou>)
+    assert learned["returns"][0, :n].tolist() == pytest.approx([3.0] * n)
+    assert env["returns"][0, 0].item() == pytest.approx(0.5) and env["returns"][0, n - 1].item() == pytest.approx(0.25)
+
+
+def test_ppo_registered_with_a_schema():
+    from dialogue_rl.algos import LEARNERS, PPO
+    from dialogue_rl.config import ALGO_SCHEMAS
+
+    assert LEARNERS["ppo"] is PPO and "ppo" in ALGO_SCHEMAS and PPO.online and PPO.needs_bc_init
