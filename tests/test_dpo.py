@@ -8,7 +8,7 @@ import torch
 from dialogue_rl.algos import LEARNERS
 from dialogue_rl.algos.dpo import DPO, dpo_loss, sequence_logprobs
 from dialogue_rl.data.preferences import collate_pairs, tokenize_pairs
-from dialogue_rl.models import ModelConfig, build_model, build_word_tokenizer
+from dialogue_rl.models import ModelConfig, build_model
 from dialogue_rl.models.tokenizer import codec as make_codec
 from tests.test_reward_model import _tok, _toy_rows
 

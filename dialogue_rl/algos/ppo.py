@@ -70,7 +70,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dialogue_rl.algos.base import Learner, TokenBatch, action_logprobs, hidden_size, make_head, shifted_action_mask
+from dialogue_rl.algos.base import (
+    Learner, TokenBatch, action_logprobs, hidden_size, make_head, shifted_action_mask,
+)
 
 log = logging.getLogger(__name__)
 
