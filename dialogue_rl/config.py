@@ -118,6 +118,7 @@ class RewardModelConfig(AlgoConfig):
     min_gap: float = 0.0  # pair only dialogues whose returns differ by more than this
     pairs_per_row: int = 1
     label_noise: float = 0.0  # probability of swapping a pair's labels
+    replay: list[str] = field(default_factory=list)  # replay every seed with these policy specs
     hidden: int = 0
     seed: int = 0
 
@@ -132,6 +133,7 @@ class DPOConfig(AlgoConfig):
     min_gap: float = 0.0
     pairs_per_row: int = 1
     label_noise: float = 0.0
+    replay: list[str] = field(default_factory=list)
     seed: int = 0
 
 

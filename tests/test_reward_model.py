@@ -9,7 +9,7 @@ import torch
 from dialogue_rl.algos import LEARNERS
 from dialogue_rl.algos.reward_model import RewardModel, bt_loss, last_token_index, pair_accuracy
 from dialogue_rl.data.preferences import (
-    add_label_noise, build_pairs, collate_pairs, group_keys, preference_pairs, tokenize_pairs,
+    add_label_noise, build_pairs, collate_pairs, group_keys, preference_pairs, replay_rows, tokenize_pairs,
 )
 from dialogue_rl.models import ModelConfig, build_model, build_word_tokenizer
 from dialogue_rl.models.tokenizer import codec as make_codec
@@ -140,3 +140,22 @@ def test_registered_with_a_schema():
 
     assert LEARNERS["reward_model"] is RewardModel and "reward_model" in ALGO_SCHEMAS
     assert RewardModel.acts is False
+
+
+def test_replay_gives_same_seed_pairs_with_the_env_return():
+    import envs  # noqa: F401  (registers the ids)
+    from dialogue_rl.data.generate import DataConfig, generate
+
+    rows = generate(DataConfig(env_id="dialogue_rl/GuessWhich-v0", mixture={"novice": 1.0}, n_train=6,
+                               n_validation=1))["train"]
+    replayed = replay_rows(rows, ["novice", "expert"], seed=0)
+    assert [r["seed"] for r in replayed] == [r["seed"] for r in rows]
+    assert all(r["policy"] == "expert" for r in replayed)  # never the row's own policy
+    # the replayed first env turn (the caption) is the original's: same seed, same scene
+    assert [r["turns"][0] for r in replayed] == [r["turns"][0] for r in rows]
+    allrows = rows + replayed
+    pairs = preference_pairs(allrows, group_by="seed", pairs_per_row=1)
+    for c, r in pairs:
+        assert allrows[c]["seed"] == allrows[r]["seed"] and allrows[c]["return"] > allrows[r]["return"]
+    n_distinct = sum(a["return"] != b["return"] for a, b in zip(rows, replayed))
+    assert len(pairs) == n_distinct

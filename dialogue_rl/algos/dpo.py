@@ -71,6 +71,7 @@ class DPO(Learner):
         min_gap: float = 0.0,
         pairs_per_row: int = 1,
         label_noise: float = 0.0,
+        replay: Sequence[str] = (),
         seed: int = 0,
     ) -> None:
         super().__init__(model)
@@ -78,7 +79,7 @@ class DPO(Learner):
             raise ValueError(f"dpo beta={beta}: expected > 0")
         self.beta = beta
         self.pair_kwargs = {"group_by": group_by, "min_gap": min_gap, "pairs_per_row": pairs_per_row,
-                            "label_noise": label_noise, "seed": seed}
+                            "label_noise": label_noise, "seed": seed, "replay": tuple(replay)}
         self.reference = copy.deepcopy(model)
         self.reference.requires_grad_(False)
         self.reference.eval()

@@ -65,12 +65,13 @@ class RewardModel(Learner):
         min_gap: float = 0.0,
         pairs_per_row: int = 1,
         label_noise: float = 0.0,
+        replay: Sequence[str] = (),
         hidden: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__(model)
         self.pair_kwargs = {"group_by": group_by, "min_gap": min_gap, "pairs_per_row": pairs_per_row,
-                            "label_noise": label_noise, "seed": seed}
+                            "label_noise": label_noise, "seed": seed, "replay": tuple(replay)}
         self.head = make_head(hidden_size(model), 1, hidden)
 
     def score(self, batch: TokenBatch) -> torch.Tensor:

@@ -15,6 +15,13 @@ the same group are paired; :func:`group_keys` gives the group of each row:
   partly luck of the draw. This is the default for single generated datasets.
 * ``"none"``: one group, any two rows (the reward model then learns absolute returns).
 
+Same-seed pairs from one dataset: :func:`replay_rows` plays every row's seed again with
+another scripted policy spec (``replay``, e.g. ``["expert", "random"]``; the spec is
+drawn among those that differ from the row's own ``policy``), so ``group_by="seed"``
+then pairs two dialogues about the same hidden state, and the return difference is
+entirely due to the agent's utterances. Replays use the env's default constructor
+arguments (every recipe in ``conf/data`` has ``env_kwargs: {}``).
+
 Within a group, each row ``i`` is paired with up to ``pairs_per_row`` partners ``j``
 drawn at random among the rows with ``|R_i - R_j| > min_gap`` (ties are never pairs:
 they carry no preference); the higher-return row is chosen. With ``label_noise = p``
@@ -139,14 +146,40 @@ class PairDataset:
         return {"chosen": self.examples[int(c)], "rejected": self.examples[int(r)]}
 
 
+def replay_rows(
+    rows: Sequence[Mapping[str, Any]], specs: Sequence[str], seed: int = 0,
+    env_kwargs: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """One new row per row: its seed played by a spec of ``specs`` other than its own policy
+    (drawn with a generator seeded by ``seed``); rows whose policy is the only spec get none."""
+    from dialogue_rl.data.generate import _play_chunk
+
+    rng = np.random.default_rng([seed, 11])
+    by_env: dict[str, tuple[list[int], list[str]]] = defaultdict(lambda: ([], []))
+    for r in rows:
+        options = [s for s in specs if s != r.get("policy")]
+        if options:
+            seeds, chosen = by_env[r["env_id"]]
+            seeds.append(int(r["seed"]))
+            chosen.append(options[int(rng.integers(len(options)))])
+    out: list[dict[str, Any]] = []
+    for env_id, (seeds, chosen) in by_env.items():
+        out += _play_chunk((env_id, dict(env_kwargs or {}), seeds, chosen))
+    log.info("replayed %d seeds with %s", len(out), ", ".join(specs))
+    return out
+
+
 def tokenize_pairs(
-    split: Any, codec: Any, max_length: int | None, **pair_kwargs: Any
+    split: Any, codec: Any, max_length: int | None, replay: Sequence[str] = (), **pair_kwargs: Any
 ) -> PairDataset:
     """Tokenise a split once (rows longer than ``max_length`` dropped) and pair its rows
-    (``pair_kwargs`` go to :func:`preference_pairs`)."""
+    (``pair_kwargs`` go to :func:`preference_pairs`); with ``replay`` specs, the rows
+    of :func:`replay_rows` join the split first."""
     from dialogue_rl.data.views import iter_rows, tokenize_dataset
 
     rows = list(iter_rows(split))
+    if replay:
+        rows += replay_rows(rows, replay, seed=int(pair_kwargs.get("seed", 0)))
     examples = tokenize_dataset(rows, codec, max_length=max_length, on_too_long="drop")
     kept = [rows[i] for i in examples.rows]
     return PairDataset(examples, preference_pairs(kept, **pair_kwargs))
