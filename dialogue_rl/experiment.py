@@ -163,7 +163,8 @@ def _run_training(cfg: DictConfig, run_dir: Path, base_dir: Path, dist: distribu
     if getattr(learner, "online", False):
         return _train_online(learner, tok, codec, cfg, device, run_dir, base_dir, logger, plain_cfg, dist, t0)
     examples = learner.make_examples(dataset["train"], codec, max_context(model))
-    log.info("training %s on %d dialogues (%s)%s", learner.name, len(examples), cfg.env.id,
+    log.info("training %s on %d %s (%s)%s", learner.name, len(examples), getattr(examples, "unit", "dialogues"),
+             cfg.env.id,
              f", {dist.world_size} processes ({dist.backend})" if dist.enabled else "")
     train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
     pad = tok.pad_token_id

@@ -135,6 +135,8 @@ class PairDataset:
     :func:`dialogue_rl.data.views.tokenize_dialogue`); ``pairs`` indexes ``examples``.
     """
 
+    unit = "preference pairs"  # what one example is, for the logs
+
     def __init__(self, examples: Sequence[Mapping[str, np.ndarray]], pairs: np.ndarray) -> None:
         self.examples, self.pairs = examples, np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
