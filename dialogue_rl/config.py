@@ -109,9 +109,63 @@ class UtteranceQConfig(AlgoConfig):
     seed: int = 0
 
 
+@dataclass
+class RewardModelConfig(AlgoConfig):
+    """Bradley–Terry reward model; see :mod:`dialogue_rl.algos.reward_model`."""
+
+    name: str = "reward_model"
+    group_by: str = "opening"  # seed | opening | none (dialogues of one group are paired)
+    min_gap: float = 0.0  # pair only dialogues whose returns differ by more than this
+    pairs_per_row: int = 1
+    label_noise: float = 0.0  # probability of swapping a pair's labels
+    replay: list[str] = field(default_factory=list)  # replay every seed with these policy specs
+    hidden: int = 0
+    seed: int = 0
+
+
+@dataclass
+class DPOConfig(AlgoConfig):
+    """DPO against the frozen initial (BC) model; see :mod:`dialogue_rl.algos.dpo`."""
+
+    name: str = "dpo"
+    beta: float = 0.1
+    group_by: str = "opening"
+    min_gap: float = 0.0
+    pairs_per_row: int = 1
+    label_noise: float = 0.0
+    replay: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class PPOConfig(AlgoConfig):
+    """Online PPO with a KL penalty to the BC model; see :mod:`dialogue_rl.algos.ppo`."""
+
+    name: str = "ppo"
+    kl_coef: float = 0.05
+    kl_target: float = 0.0  # > 0: adaptive coefficient towards this per-episode KL
+    kl_horizon: int = 10_000
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_eps: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.5
+    epochs: int = 4
+    rollouts: int = 64
+    minibatch: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    max_utterance_tokens: int = 32
+    whiten: bool = True
+    hidden: int = 0
+    seed: int = 0
+    reward_model: Optional[str] = None  # a reward_model run dir: its score replaces the env reward
+
+
 ALGO_SCHEMAS: dict[str, type[AlgoConfig]] = {
     "bc": BCConfig, "filtered_bc": FilteredBCConfig, "ilql": ILQLConfig, "mc": MCConfig,
-    "utterance_q": UtteranceQConfig,
+    "utterance_q": UtteranceQConfig, "reward_model": RewardModelConfig,
+    "dpo": DPOConfig, "ppo": PPOConfig,
 }
 
 

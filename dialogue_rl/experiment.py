@@ -160,11 +160,18 @@ def _run_training(cfg: DictConfig, run_dir: Path, base_dir: Path, dist: distribu
     if init_from is not None:
         _init_from(model, init_from)
     learner = make_learner(cfg.algo, model)
+    if getattr(learner, "online", False):
+        return _train_online(learner, tok, codec, cfg, device, run_dir, base_dir, logger, plain_cfg, dist, t0)
     examples = learner.make_examples(dataset["train"], codec, max_context(model))
-    log.info("training %s on %d dialogues (%s)%s", learner.name, len(examples), cfg.env.id,
+    log.info("training %s on %d %s (%s)%s", learner.name, len(examples), getattr(examples, "unit", "dialogues"),
+             cfg.env.id,
              f", {dist.world_size} processes ({dist.backend})" if dist.enabled else "")
     train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
     pad = tok.pad_token_id
+
+    if not getattr(learner, "acts", True):
+        return _train_offline_scorer(learner, examples, dataset, codec, pad, cfg, train_cfg, device,
+                                     run_dir, logger, plain_cfg, dist, t0)
 
     def log_eval(step: int) -> dict[str, Any]:
         res = run_eval(learner_agent(learner, tok, cfg, device, cfg.seed), cfg, min(100, cfg.eval.n_episodes))
@@ -191,6 +198,83 @@ def _run_training(cfg: DictConfig, run_dir: Path, base_dir: Path, dist: distribu
             "world_size": dist.world_size,
         },
     }
+    write_results(run_dir, results)
+    logger.finish()
+    return results
+
+
+def _train_online(learner, tok, codec, cfg, device, run_dir, base_dir, logger, plain_cfg, dist, t0):
+    """An online learner (``online = True``: PPO) plays its own episodes in ``cfg.env``;
+    one process only. With ``algo.reward_model`` set, that run's score is the reward."""
+    if dist.enabled:
+        raise ConfigError(f"algo={cfg.algo.name} trains online in one process; run it without torchrun")
+    reward_fn = None
+    if getattr(learner, "reward_model", None):
+        rm = load_saved_agent(learner.reward_model, base_dir, cfg.device)
+        if rm.learner.name != "reward_model":
+            raise ConfigError(f"algo.reward_model={learner.reward_model}: a {rm.learner.name} run, "
+                              "not a reward_model run")
+        if rm.tokenizer.get_vocab() != tok.get_vocab():
+            raise ConfigError(f"algo.reward_model={learner.reward_model}: its tokenizer differs from this run's; "
+                              "train it on the same dataset")
+        rm.learner.requires_grad_(False).eval()
+        reward_fn = rm.learner.score
+    train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
+
+    def log_eval(step: int) -> dict[str, Any]:
+        res = run_eval(learner_agent(learner, tok, cfg, device, cfg.seed), cfg, min(100, cfg.eval.n_episodes))
+        log_eval_result(logger, res, step, dict(cfg.env.kwargs))
+        return res.summary()
+
+    log.info("training %s online on %s (reward: %s)", learner.name, cfg.env.id,
+             learner.reward_model or "env")
+    train_stats = learner.train_online(
+        cfg.env.id, dict(cfg.env.kwargs), codec, tok.pad_token_id, train_cfg, device,
+        banned_ids=banned_token_ids(codec, tok), reward_fn=reward_fn, log_fn=logger.log, eval_fn=log_eval,
+        checkpoint_dir=run_dir / "checkpoints", extra={"config": plain_cfg}, rollout_batch=cfg.eval.batch_size,
+    )
+    res = run_eval(learner_agent(learner, tok, cfg, device, cfg.seed), cfg)
+    write_samples(run_dir / "samples.jsonl", res)
+    log_eval_result(logger, res, cfg.train.steps, dict(cfg.env.kwargs))
+    results = {
+        "env_id": cfg.env.id, "algo": cfg.algo.name, "seed": int(cfg.seed), "config": plain_cfg,
+        "eval": res.summary(),
+        "train": {"steps": train_stats["steps"], "tokens_per_s": 0.0, "wall_s": train_stats["wall_s"],
+                  "total_wall_s": time.perf_counter() - t0, "final_metrics": train_stats["final_metrics"],
+                  "world_size": 1},
+    }
+    write_results(run_dir, results)
+    logger.finish()
+    return results
+
+
+def _train_offline_scorer(learner, examples, dataset, codec, pad, cfg, train_cfg, device, run_dir, logger,
+                          plain_cfg, dist, t0) -> dict[str, Any] | None:
+    """Training of a learner that does not act (``acts = False``: the reward model): ``fit``,
+    then its held-out evaluation on the validation split (``learner.evaluate_pairs``)."""
+    def held_out(step: int) -> dict[str, Any]:
+        m = learner.evaluate_pairs(dataset["validation"], codec, max_context(learner.model), pad, device)
+        logger.log({f"eval/{k}": v for k, v in m.items()}, step)
+        return m
+
+    train_stats = fit(
+        learner, examples, lambda ex: learner.collate(ex, pad), train_cfg, device, seed=cfg.seed,
+        checkpoint_dir=run_dir / "checkpoints", resume=cfg.resume, log_fn=logger.log,
+        eval_fn=held_out, extra={"config": plain_cfg}, progress=cfg.progress, dist=dist,
+    )
+    if not dist.is_main:
+        return None
+    results = {
+        "env_id": cfg.env.id, "algo": cfg.algo.name, "seed": int(cfg.seed), "config": plain_cfg,
+        "eval": held_out(cfg.train.steps),
+        "train": {
+            "steps": train_stats["steps"], "tokens_per_s": train_stats["tokens_per_s"],
+            "wall_s": train_stats["wall_s"], "total_wall_s": time.perf_counter() - t0,
+            "n_pairs": len(examples), "final_metrics": train_stats["final_metrics"],
+            "world_size": dist.world_size,
+        },
+    }
+    log.info("%s: held-out %s", learner.name, results["eval"])
     write_results(run_dir, results)
     logger.finish()
     return results

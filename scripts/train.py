@@ -91,6 +91,10 @@ def main(cfg: DictConfig) -> float | None:
     if results is None:  # a rank > 0 of a torchrun job: rank 0 reports
         return None
     ev = results["eval"]
+    if "mean_return" not in ev:  # a learner that does not act (reward model): held-out metrics
+        log.info("%s on %s: %s -> %s", results["algo"], results["env_id"],
+                 ", ".join(f"{k} {v:.4g}" for k, v in ev.items()), run_dir / "results.json")
+        return float(ev.get("pair_accuracy", float("nan")))
     log.info(
         "%s on %s: return %.3f [%.3f, %.3f], normalized %.1f, success %.2f -> %s",
         results["algo"], results["env_id"], ev["mean_return"], *ev["ci95"], ev["normalized_score"],

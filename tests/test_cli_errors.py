@@ -84,7 +84,7 @@ def one_line(rc: int, err: str, *needles: str) -> str:
     ("train.stepz=3", ["train.stepz", "unknown key", "TrainConfig", "'train.stepz=3'", "steps"]),
     ("train.steps=many", ["train.steps", "'many'", "Integer"]),
     ("algo.gama=0.9", ["algo.gama", "unknown key"]),
-    ("algo=nope", ["conf/algo/nope.yaml", "bc, filtered_bc, ilql"]),
+    ("algo=nope", ["conf/algo/nope.yaml", "bc, dpo, filtered_bc, ilql"]),
     ("env.id=dialogue_rl/Nope-v0", ["env.id", "Nope-v0", "unknown env id", "GuessWhich-v0"]),
 ])
 def test_train_config_errors(cli, tmp_path, bad, needles):

@@ -1,0 +1,390 @@
+"""PPO with a KL penalty to the BC model (Ziegler et al. 2019; Jaques et al. 2020): the parts.
+
+Every agent token is an action (as in ILQL); environment tokens are context and take no
+step, so after :func:`gather_actions` a dialogue is the sequence of its agent tokens
+``t = 0..T-1``. Names in code:
+
+* ``logp``, ``logp_ref``, ``old_logp``: ``log pi_theta(a_t|s_t)``, the frozen BC
+  reference's, and the rollout policy's (the policy before this batch's epochs);
+* ``r_env``: the env reward, on the ``<eou>`` closing each agent utterance (0 inside);
+* ``values`` ``V(s_t)``, ``dones`` (the last token of a terminated episode),
+  ``last_values`` ``V`` of the state after the last token (bootstrap of a truncated one).
+
+KL-penalised reward (``kl_penalized_rewards``), per token:
+
+.. math::
+
+    r_t = r^{env}_t - \\beta_{KL}\\,(\\log \\pi_\\theta(a_t|s_t) - \\log \\pi_{ref}(a_t|s_t))
+
+GAE (``gae``), backwards over the tokens, with ``V_T = last_values``:
+
+.. math::
+
+    \\delta_t = r_t + \\gamma V_{t+1} (1 - done_t) - V_t, \\qquad
+    A_t = \\delta_t + \\gamma \\lambda (1 - done_t) A_{t+1}, \\qquad R_t = A_t + V_t
+
+Clipped surrogate (``clipped_surrogate``), with ``rho_t = exp(logp - old_logp)``:
+
+.. math::
+
+    L^{CLIP}_t = -\\min(\\rho_t A_t,\\; \\mathrm{clip}(\\rho_t, 1-\\epsilon, 1+\\epsilon) A_t)
+
+Value loss (``value_loss``), optionally clipped around the rollout's values:
+
+.. math::
+
+    L^V_t = \\tfrac12 \\max\\big((V_t - R_t)^2,\\; (V^{old}_t + \\mathrm{clip}(V_t - V^{old}_t, -c, c) - R_t)^2\\big)
+
+Adaptive KL coefficient (``AdaptiveKLController``, Ziegler et al. 2019), after a batch
+of ``n`` samples with measured KL ``KL``:
+
+.. math::
+
+    e = \\mathrm{clip}(KL / KL_{target} - 1, -0.2, 0.2), \\qquad
+    \\beta_{KL} \\leftarrow \\beta_{KL} (1 + e\\, n / H)
+
+The online learner (:class:`PPO`, ``algo=ppo``): each iteration plays ``rollouts``
+episodes with the current policy (sampling, batched, KV cache: :class:`~dialogue_rl.agents.LMAgent`),
+re-reads them in the per-token view (the sampled text is re-tokenised, so the
+log-probs are those of the dialogue the env saw), computes ``old_logp``, ``logp_ref``,
+``values`` once, the KL-penalised rewards and GAE, then runs ``epochs`` passes of
+minibatch updates of ``L = mean(L^CLIP) + vf_coef * mean(L^V)`` on the policy and its
+value head (one shared backbone). The reference is a frozen copy of the initial model
+(the BC run). ``kl_target > 0`` adapts the coefficient with the controller above, on
+the mean per-episode KL ``sum_t (logp_old - logp_ref)``. Rewards come from the env, or
+from a Bradley–Terry reward model (``reward_fn``: the dialogue's score on its last agent
+``<eou>``, env rewards dropped).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dialogue_rl.algos.base import (
+    Learner, TokenBatch, action_logprobs, hidden_size, make_head, shifted_action_mask,
+)
+
+log = logging.getLogger(__name__)
+
+
+def gather_actions(batch: TokenBatch, per_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compact a per-state tensor ``[B, L-1]`` (state ``t`` takes action ``t + 1``) to the
+    agent tokens in order: ``[B, T]`` values and their bool mask (left-aligned, zero-padded)."""
+    mask = shifted_action_mask(batch)
+    counts = mask.sum(dim=1)
+    t_max = int(counts.max()) if mask.numel() else 0
+    out = per_state.new_zeros(mask.shape[0], t_max)
+    valid = torch.arange(t_max, device=mask.device)[None, :] < counts[:, None]
+    out[valid] = per_state[mask]
+    return out, valid
+
+
+def kl_penalized_rewards(
+    r_env: torch.Tensor, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """``r_t = r_env_t - kl_coef * (logp_t - logp_ref_t)`` on valid tokens, 0 on padding."""
+    return (r_env.float() - kl_coef * (logp.float() - logp_ref.float())) * mask
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    dones: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    last_values: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages ``A_t`` and returns ``R_t = A_t + V_t`` (``[B, T]``, left-aligned rows).
+
+    The value after a row's last valid token is ``last_values`` (0 if None); ``dones``
+    stops both the bootstrap and the recursion.
+    """
+    b, t_max = rewards.shape
+    rewards, values = rewards.float(), values.float()
+    not_done = 1.0 - dones.float()
+    lengths = mask.long().sum(dim=1)
+    boot = torch.zeros(b, device=rewards.device) if last_values is None else last_values.float()
+    adv = torch.zeros_like(rewards)
+    next_v = torch.zeros(b, device=rewards.device)
+    next_a = torch.zeros(b, device=rewards.device)
+    for t in reversed(range(t_max)):
+        is_last = lengths == t + 1
+        v_next = torch.where(is_last, boot, next_v)
+        a_next = torch.where(is_last, torch.zeros_like(next_a), next_a)
+        delta = rewards[:, t] + gamma * v_next * not_done[:, t] - values[:, t]
+        a = (delta + gamma * lam * not_done[:, t] * a_next) * mask[:, t]
+        adv[:, t] = a
+        next_v, next_a = values[:, t], a
+    return adv, (adv + values) * mask
+
+
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-token ``-min(rho A, clip(rho, 1 - eps, 1 + eps) A)``, ``rho = exp(logp - old_logp)``."""
+    ratio = torch.exp(logp.float() - old_logp.float())
+    return -torch.minimum(ratio * adv, ratio.clamp(1.0 - eps, 1.0 + eps) * adv)
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float = 0.0) -> torch.Tensor:
+    """Per-token ``0.5 * (V - R)^2``, or the clipped form of the module docstring when ``clip > 0``."""
+    plain = (values.float() - returns) ** 2
+    if clip <= 0:
+        return 0.5 * plain
+    clipped = old_values + (values.float() - old_values).clamp(-clip, clip)
+    return 0.5 * torch.maximum(plain, (clipped - returns) ** 2)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``(x - mean) / std`` over the valid entries (the usual advantage normalisation)."""
+    m = mask.float()
+    n = m.sum().clamp_min(1.0)
+    mean = (x * m).sum() / n
+    var = (((x - mean) * m) ** 2).sum() / n
+    return (x - mean) * torch.rsqrt(var + eps) * m
+
+
+@dataclass
+class FixedKLController:
+    """A constant KL coefficient."""
+
+    value: float
+
+    def update(self, kl: float, n_steps: int) -> float:
+        return self.value
+
+
+@dataclass
+class AdaptiveKLController:
+    """Ziegler et al. (2019)'s proportional controller of the KL coefficient towards ``target``."""
+
+    value: float
+    target: float
+    horizon: int = 10_000
+
+    def update(self, kl: float, n_steps: int) -> float:
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+
+#: Rollout seeds of online training start here (below the evaluation seeds, see
+#: ``dialogue_rl.data.generate.EVAL_SEED_OFFSET``; a run's seed moves the range).
+ROLLOUT_SEED_OFFSET = 600_000_000
+
+
+def play_episodes(agent: Any, env_id: str, env_kwargs: dict | None, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Play one lock-stepped batch of episodes; rows in the dataset schema (+ ``terminated``)."""
+    from dialogue_rl.evaluation import make_env
+
+    envs_ = [make_env(env_id, env_kwargs) for _ in seeds]
+    infos = [e.reset(seed=int(s))[1] for e, s in zip(envs_, seeds)]
+    agent.reset(envs_, seeds)
+    returns, terminated = [0.0] * len(seeds), [False] * len(seeds)
+    active = list(range(len(seeds)))
+    while active:
+        utterances = agent.act([infos[i]["turns"] for i in active], active)
+        still = []
+        for i, u in zip(active, utterances):
+            _, r, term, trunc, infos[i] = envs_[i].step(u)
+            returns[i] += float(r)
+            terminated[i] = bool(term)
+            if not (term or trunc):
+                still.append(i)
+        active = still
+    return [{"seed": int(s), "return": returns[i], "terminated": terminated[i],
+             "turns": [t.to_dict() for t in infos[i]["turns"]]} for i, s in enumerate(seeds)]
+
+
+class PPO(Learner):
+    """Online PPO from a BC model with a per-token KL penalty to it (see the module docstring)."""
+
+    name = "ppo"
+    needs_bc_init = True  # the reference is the initial model: start from a BC run
+    online = True  # trained by :meth:`train_online`, not by ``fit`` on a dataset
+
+    def __init__(
+        self,
+        model: nn.Module,
+        kl_coef: float = 0.05,
+        kl_target: float = 0.0,
+        kl_horizon: int = 10_000,
+        gamma: float = 1.0,
+        lam: float = 0.95,
+        clip_eps: float = 0.2,
+        value_clip: float = 0.2,
+        vf_coef: float = 0.5,
+        epochs: int = 4,
+        rollouts: int = 64,
+        minibatch: int = 16,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        max_utterance_tokens: int = 32,
+        whiten: bool = True,
+        hidden: int = 0,
+        seed: int = 0,
+        reward_model: str | None = None,
+    ) -> None:
+        super().__init__(model)
+        self.reward_model = reward_model  # a reward_model run whose score replaces the env reward
+        self.gamma, self.lam, self.clip_eps, self.value_clip, self.vf_coef = gamma, lam, clip_eps, value_clip, vf_coef
+        self.epochs, self.rollouts, self.minibatch = epochs, rollouts, minibatch
+        self.temperature, self.top_k, self.max_utterance_tokens = temperature, top_k, max_utterance_tokens
+        self.whiten, self.seed = whiten, seed
+        self.kl = (AdaptiveKLController(kl_coef, kl_target, kl_horizon) if kl_target > 0
+                   else FixedKLController(kl_coef))
+        self.register_buffer("kl_coef", torch.tensor(float(kl_coef)))  # saved with checkpoints
+        self.v_head = make_head(hidden_size(model), 1, hidden)
+        self.reference = copy.deepcopy(model)
+        self.reference.requires_grad_(False)
+        self.reference.eval()
+
+    def train(self, mode: bool = True) -> PPO:
+        super().train(mode)
+        self.reference.eval()
+        return self
+
+    # ------------------------------------------------------------------ per batch
+    def _forward(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-state ``log pi(a_{t+1}|s_t)`` and ``V(s_t)``, both ``[B, L-1]`` (and V ``[B, L]``)."""
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         output_hidden_states=True)
+        v = self.v_head(out.hidden_states[-1]).squeeze(-1).float()
+        return action_logprobs(out.logits, batch["input_ids"]), v
+
+    @torch.no_grad()
+    def prepare(self, batch: TokenBatch, reward_fn: Callable[[TokenBatch], torch.Tensor] | None = None) -> TokenBatch:
+        """Add the rollout quantities (compacted to agent tokens): ``old_logp``, ``ref_logp``,
+        ``old_values``, ``adv``, ``returns``, ``mask``, ``kl`` (per-episode sums)."""
+        logp, v = self._forward(batch)
+        ref = action_logprobs(self.reference(input_ids=batch["input_ids"],
+                                             attention_mask=batch["attention_mask"]).logits, batch["input_ids"])
+        old_logp, mask = gather_actions(batch, logp)
+        ref_logp, _ = gather_actions(batch, ref)
+        values, _ = gather_actions(batch, v[:, :-1])
+        r_env, _ = gather_actions(batch, batch["rewards"][:, 1:].float())
+        dones, _ = gather_actions(batch, batch["dones"][:, 1:].float())
+        lengths = mask.sum(dim=1)
+        if reward_fn is not None:  # a learned reward replaces the env's, on the last agent token
+            r_env = torch.zeros_like(r_env)
+            r_env[torch.arange(len(lengths)), (lengths - 1).clamp_min(0)] = reward_fn(batch).float()
+        # bootstrap of a truncated episode: V at the state after its last action
+        last_action = batch["action_mask"].long().cumsum(1).argmax(1)
+        nxt = batch["next_state"].gather(1, last_action[:, None]).squeeze(1)
+        last_values = v.gather(1, nxt[:, None]).squeeze(1)
+        rewards = kl_penalized_rewards(r_env, old_logp, ref_logp, mask, float(self.kl_coef))
+        adv, returns = gae(rewards, values, dones.bool(), mask, self.gamma, self.lam, last_values)
+        if self.whiten:
+            adv = masked_whiten(adv, mask)
+        kl = ((old_logp - ref_logp) * mask).sum(dim=1)
+        return {**batch, "old_logp": old_logp, "ref_logp": ref_logp, "old_values": values, "adv": adv,
+                "returns": returns, "mask": mask, "kl": kl, "score": (r_env * mask).sum(dim=1)}
+
+    def loss(self, batch: TokenBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The PPO loss of a prepared minibatch (:meth:`prepare`)."""
+        logp_all, v_all = self._forward(batch)
+        logp, mask = gather_actions(batch, logp_all)
+        values, _ = gather_actions(batch, v_all[:, :-1])
+        m = mask.float()
+        n = m.sum().clamp_min(1.0)
+        pg = (clipped_surrogate(logp, batch["old_logp"], batch["adv"], self.clip_eps) * m).sum() / n
+        vl = (value_loss(values, batch["old_values"], batch["returns"], self.value_clip) * m).sum() / n
+        loss = pg + self.vf_coef * vl
+        with torch.no_grad():
+            ratio = torch.exp(logp - batch["old_logp"])
+            clipfrac = (((ratio - 1).abs() > self.clip_eps).float() * m).sum() / n
+            approx_kl = ((batch["old_logp"] - logp) * m).sum() / n
+            metrics = {"loss": float(loss), "pg_loss": float(pg), "value_loss": float(vl),
+                       "clipfrac": float(clipfrac), "approx_kl": float(approx_kl)}
+        return loss, metrics
+
+    # ------------------------------------------------------------------ online loop
+    def train_online(
+        self,
+        env_id: str,
+        env_kwargs: dict | None,
+        codec: Any,
+        pad_id: int,
+        cfg: Any,
+        device: torch.device,
+        banned_ids: Sequence[int] = (),
+        reward_fn: Callable[[TokenBatch], torch.Tensor] | None = None,
+        log_fn: Callable[[dict[str, Any], int], None] | None = None,
+        eval_fn: Callable[[int], Any] | None = None,
+        checkpoint_dir: str | Path | None = None,
+        extra: dict[str, Any] | None = None,
+        rollout_batch: int = 64,
+    ) -> dict[str, Any]:
+        """``cfg.steps`` PPO iterations (``cfg``: a :class:`~dialogue_rl.train.TrainConfig`;
+        ``lr``, ``weight_decay``, ``grad_clip``, ``log_every``, ``eval_every``,
+        ``checkpoint_every`` mean what they do in ``fit``; ``batch_size`` is unused)."""
+        from dialogue_rl import checkpoint as ckpt
+        from dialogue_rl.agents import LMAgent, SamplingConfig
+        from dialogue_rl.data.views import collate_tokens, tokenize_dialogue
+        from dialogue_rl.rollout import max_context
+        from dialogue_rl.train import lr_at, make_optimizer
+
+        self.to(device)
+        optimizer = make_optimizer(self, cfg)
+        sampling = SamplingConfig(greedy=False, temperature=self.temperature, top_k=self.top_k,
+                                  max_utterance_tokens=self.max_utterance_tokens)
+        rng = np.random.default_rng([self.seed, 7])
+        ctx = max_context(self.model)
+        t0, metrics = time.perf_counter(), {}
+        for it in range(cfg.steps):
+            self.eval()
+            agent = LMAgent(self.model, codec, sampling, device, seed=self.seed * 1_000_003 + it, banned_ids=banned_ids)
+            base = ROLLOUT_SEED_OFFSET + (self.seed * 10_000_019 + it * self.rollouts) % 300_000_000
+            seeds = list(range(base, base + self.rollouts))
+            rows = []
+            for lo in range(0, len(seeds), rollout_batch):
+                rows += play_episodes(agent, env_id, env_kwargs, seeds[lo:lo + rollout_batch])
+            examples = [tokenize_dialogue(r, codec) for r in rows]
+            examples = [e for e in examples if len(e["input_ids"]) <= ctx]
+            prepared = [self.prepare({k: v.to(device) for k, v in collate_tokens(examples[lo:lo + self.minibatch],
+                                                                               pad_id).items()}, reward_fn)
+                        for lo in range(0, len(examples), self.minibatch)]
+            self.train()
+            for g in optimizer.param_groups:
+                g["lr"] = lr_at(it, cfg)
+            acc: dict[str, float] = {}
+            n_updates = 0
+            for _ in range(self.epochs):
+                for j in rng.permutation(len(prepared)):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss, m = self.loss(prepared[int(j)])
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"ppo: non-finite loss at iteration {it}: {m}")
+                    loss.backward()
+                    if cfg.grad_clip > 0:
+                        m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), cfg.grad_clip))
+                    optimizer.step()
+                    n_updates += 1
+                    for k, v in m.items():
+                        acc[k] = acc.get(k, 0.0) + v
+            kl = float(torch.cat([p["kl"] for p in prepared]).mean())
+            score = float(torch.cat([p["score"] for p in prepared]).mean())
+            self.kl_coef.fill_(self.kl.update(kl, len(examples)))
+            metrics = {**{k: v / max(n_updates, 1) for k, v in acc.items()},
+                       "episode_return": float(np.mean([r["return"] for r in rows])), "reward_score": score,
+                       "kl_to_ref": kl, "kl_coef": float(self.kl_coef), "lr": optimizer.param_groups[0]["lr"]}
+            done = it + 1
+            if log_fn and (done % cfg.log_every == 0 or done == cfg.steps):
+                log_fn({f"train/{k}": v for k, v in metrics.items()}, done)
+            log.info("ppo iteration %d: return %.4f, KL %.4f (coef %.4f)", done, metrics["episode_return"], kl,
+                     float(self.kl_coef))
+            if eval_fn is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+                eval_fn(done)
+            if checkpoint_dir is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                ckpt.save(checkpoint_dir, done, self, optimizer, extra, keep=cfg.keep_checkpoints)
+        return {"steps": cfg.steps, "start_step": 0, "wall_s": time.perf_counter() - t0,
+                "tokens_per_s": 0.0, "final_metrics": metrics}

@@ -1,0 +1,147 @@
+"""PPO parts on hand-computed numbers: KL penalty, GAE, clipping, value loss, KL controller."""
+
+import pytest
+import torch
+
+from dialogue_rl.algos.ppo import (
+    AdaptiveKLController, FixedKLController, clipped_surrogate, gae, gather_actions, kl_penalized_rewards,
+    masked_whiten, value_loss,
+)
+
+
+def test_gather_actions_skips_environment_tokens():
+    # 0 bos | 1 prefix | 2 agent | 3 agent <eou> | 4 env | 5 agent <eou>; a second row with one action
+    batch = {"action_mask": torch.tensor([[0, 0, 1, 1, 0, 1], [0, 1, 0, 0, 0, 0]], dtype=torch.bool)}
+    per_state = torch.tensor([[10.0, 11.0, 12.0, 13.0, 14.0], [20.0, 21.0, 22.0, 23.0, 24.0]])
+    out, valid = gather_actions(batch, per_state)
+    # row 0: actions at 2, 3, 5 -> states 1, 2, 4; row 1: action at 1 -> state 0
+    assert out.tolist() == [[11.0, 12.0, 14.0], [20.0, 0.0, 0.0]]
+    assert valid.tolist() == [[True, True, True], [True, False, False]]
+
+
+def test_kl_penalty_per_token():
+    r = kl_penalized_rewards(torch.tensor([[0.0, 1.0, 5.0]]), torch.tensor([[-1.0, -2.0, 0.0]]),
+                             torch.tensor([[-1.5, -1.0, 0.0]]), torch.tensor([[True, True, False]]), 0.1)
+    assert r[0].tolist() == pytest.approx([-0.05, 1.1, 0.0])
+
+
+def test_gae_terminated_truncated_and_padded_rows():
+    rewards = torch.tensor([[1.0, 0.0, 2.0], [3.0, 0.0, 0.0]])
+    values = torch.tensor([[0.5, 1.0, 1.5], [1.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    dones = torch.tensor([[False, False, True], [True, False, False]])
+    adv, ret = gae(rewards, values, dones, mask, gamma=0.5, lam=0.5)
+    # row 0 by hand: d2 = 2 - 1.5 = .5; d1 = .5 * 1.5 - 1 = -.25, A1 = -.25 + .25 * .5 = -.125;
+    # d0 = 1 + .5 - .5 = 1, A0 = 1 + .25 * (-.125) = .96875
+    assert adv[0].tolist() == pytest.approx([0.96875, -0.125, 0.5])
+    assert ret[0].tolist() == pytest.approx([1.46875, 0.875, 2.0])
+    assert adv[1].tolist() == pytest.approx([2.0, 0.0, 0.0])
+    # truncated: bootstrap V = 4 after the last token (and the padded row ignores its own)
+    adv, _ = gae(rewards, values, torch.zeros_like(dones), mask, 0.5, 0.5, last_values=torch.tensor([4.0, 2.0]))
+    assert adv[0].tolist() == pytest.approx([1.09375, 0.375, 2.5])
+    assert adv[1].tolist() == pytest.approx([3.0 + 0.5 * 2.0 - 1.0, 0.0, 0.0])
+    # lambda = 1 and gamma = 1: A_t = (sum of rewards from t) - V_t
+    adv, _ = gae(rewards, values, dones, mask, 1.0, 1.0)
+    assert adv[0].tolist() == pytest.approx([3.0 - 0.5, 2.0 - 1.0, 2.0 - 1.5])
+
+
+def test_clipped_surrogate_values_and_zero_gradient_when_clipped():
+    old = torch.zeros(4)
+    logp = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5])).requires_grad_()
+    adv = torch.tensor([2.0, -2.0, 2.0, -2.0])
+    loss = clipped_surrogate(logp, old, adv, eps=0.2)
+    # rho 1.5, A 2: -min(3, 2.4); A -2: -min(-3, -2.4); rho .5, A 2: -min(1, 1.6); A -2: -min(-1, -1.6)
+    assert loss.tolist() == pytest.approx([-2.4, 3.0, -1.0, 1.6])
+    loss.sum().backward()
+    # clipped terms (0 and 3) give no gradient; unclipped ones give -rho * A
+    assert logp.grad.tolist() == pytest.approx([0.0, 3.0, -1.0, 0.0])
+    within = clipped_surrogate(torch.tensor([0.1]), torch.tensor([0.0]), torch.tensor([1.0]), 0.2)
+    assert within.item() == pytest.approx(-torch.exp(torch.tensor(0.1)).item())
+
+
+def test_value_loss_plain_and_clipped():
+    v, old, ret = torch.tensor([3.0, 0.5]), torch.tensor([1.0, 0.0]), torch.tensor([2.0, 2.0])
+    assert value_loss(v, old, ret).tolist() == pytest.approx([0.5, 1.125])
+    # clip 0.5: clipped predictions 1.5 and 0.5 -> max((1, .25), (2.25, 2.25)) / 2
+    assert value_loss(v, old, ret, clip=0.5).tolist() == pytest.approx([0.5, 1.125])
+    assert value_loss(torch.tensor([1.2]), torch.tensor([1.0]), torch.tensor([3.0]), clip=0.1).item() == \
+        pytest.approx(0.5 * (3.0 - 1.1) ** 2)
+
+
+def test_whiten_over_valid_entries():
+    x = torch.tensor([[1.0, 3.0, 100.0]])
+    w = masked_whiten(x, torch.tensor([[True, True, False]]))
+    assert w[0].tolist() == pytest.approx([-1.0, 1.0, 0.0], abs=1e-4)
+
+
+def test_adaptive_kl_controller():
+    c = AdaptiveKLController(value=0.2, target=6.0, horizon=10_000)
+    assert c.update(12.0, 256) == pytest.approx(0.2 * (1 + 0.2 * 256 / 10_000))  # error clipped at +0.2
+    v = c.value
+    assert c.update(6.0, 256) == pytest.approx(v)  # on target: unchanged
+    assert c.update(3.0, 256) == pytest.approx(v * (1 - 0.2 * 256 / 10_000))  # error clipped at -0.2
+    assert c.update(6.6, 1000) == pytest.approx(v * (1 - 0.2 * 0.0256) * (1 + 0.1 * 0.1))
+    assert FixedKLController(0.1).update(100.0, 10) == 0.1
+
+
+# ------------------------------------------------------------------ the online learner
+def _ppo(**kw):
+    from dialogue_rl.algos.ppo import PPO
+    from dialogue_rl.models import ModelConfig, build_model, build_word_tokenizer
+    from envs.guess_which import GuessWhichEnv
+
+    tok = build_word_tokenizer(GuessWhichEnv.vocabulary(), [])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("t", n_layer=1, n_head=2, n_embd=16, n_positions=256), tok)
+    return PPO(model, **kw), tok
+
+
+def test_online_iterations_update_the_policy_not_the_reference():
+    from dialogue_rl.agents import banned_token_ids
+    from dialogue_rl.models.tokenizer import codec as make_codec
+    from dialogue_rl.train import TrainConfig
+
+    learner, tok = _ppo(rollouts=6, minibatch=3, epochs=2, max_utterance_tokens=8)
+    c = make_codec(tok)
+    ref = [p.detach().clone() for p in learner.reference.parameters()]
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    logged = []
+    cfg = TrainConfig(steps=2, lr=1e-3, warmup_steps=1, log_every=1, checkpoint_every=10**6)
+    stats = learner.train_online("dialogue_rl/GuessWhich-v0", {}, c, tok.pad_token_id, cfg, torch.device("cpu"),
+                                 banned_ids=banned_token_ids(c, tok), log_fn=lambda m, s: logged.append((s, m)))
+    assert [s for s, _ in logged] == [1, 2]
+    first = logged[0][1]
+    # the first rollout is played by the reference itself: zero KL, and rewards are the env's
+    assert first["train/kl_to_ref"] == pytest.approx(0.0, abs=1e-5)
+    assert first["train/reward_score"] == pytest.approx(first["train/episode_return"], abs=1e-5)
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats["final_metrics"].values())
+    assert all(torch.equal(a, b) for a, b in zip(learner.reference.parameters(), ref))
+    assert any(not torch.equal(a, b) for a, b in zip(learner.model.parameters(), before))
+    assert not any(p.requires_grad for p in learner.reference.parameters())
+
+
+def test_learned_reward_sits_on_the_last_agent_token():
+    learner, tok = _ppo(kl_coef=0.0, whiten=False, gamma=1.0, lam=1.0)
+    from dialogue_rl.data.views import collate_tokens, tokenize_dialogue
+    from dialogue_rl.models.tokenizer import codec as make_codec
+
+    row = {"return": 0.5, "terminated": True, "turns": [
+        {"speaker": "env", "text": "a picture of 1 object, a big object.", "reward": 0.0},
+        {"speaker": "agent", "text": "what color is the object?", "reward": 0.25},
+        {"speaker": "env", "text": "red.", "reward": 0.0},
+        {"speaker": "agent", "text": "is it a cube?", "reward": 0.25}]}
+    batch = collate_tokens([tokenize_dialogue(row, make_codec(tok))], tok.pad_token_id)
+    env = learner.prepare(batch)
+    learned = learner.prepare(batch, reward_fn=lambda b: torch.tensor([3.0]))
+    n = int(env["mask"].sum())
+    assert env["score"].item() == pytest.approx(0.5) and learned["score"].item() == pytest.approx(3.0)
+    # gamma = lambda = 1, no KL: R_t is the reward-to-go (the env's: 0.5 then 0.25 after the first <eou>)
+    assert learned["returns"][0, :n].tolist() == pytest.approx([3.0] * n)
+    assert env["returns"][0, 0].item() == pytest.approx(0.5) and env["returns"][0, n - 1].item() == pytest.approx(0.25)
+
+
+def test_ppo_registered_with_a_schema():
+    from dialogue_rl.algos import LEARNERS, PPO
+    from dialogue_rl.config import ALGO_SCHEMAS
+
+    assert LEARNERS["ppo"] is PPO and "ppo" in ALGO_SCHEMAS and PPO.online and PPO.needs_bc_init
