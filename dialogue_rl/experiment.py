@@ -178,11 +178,7 @@ def _run_training(cfg: DictConfig, run_dir: Path, base_dir: Path, dist: distribu
         log_eval_result(logger, res, step, dict(cfg.env.kwargs))
         return res.summary()
 
-    train_stats = fit(
-        learner, examples, lambda ex: learner.collate(ex, pad), train_cfg, device, seed=cfg.seed,
-        checkpoint_dir=run_dir / "checkpoints", resume=cfg.resume, log_fn=logger.log,
-        eval_fn=log_eval, extra={"config": plain_cfg}, progress=cfg.progress, dist=dist,
-    )
+    train_stats = _fit_run(learner, examples, pad, cfg, train_cfg, device, run_dir, logger, plain_cfg, dist, log_eval)
     if not dist.is_main:
         return None
     res = run_eval(learner_agent(learner, tok, cfg, device, cfg.seed), cfg)
@@ -248,6 +244,15 @@ def _train_online(learner, tok, codec, cfg, device, run_dir, base_dir, logger, p
     return results
 
 
+def _fit_run(learner, examples, pad, cfg, train_cfg, device, run_dir, logger, plain_cfg, dist, eval_fn):
+    """The shared :func:`dialogue_rl.train.fit` call of a run (checkpoints under ``run_dir``)."""
+    return fit(
+        learner, examples, lambda ex: learner.collate(ex, pad), train_cfg, device, seed=cfg.seed,
+        checkpoint_dir=run_dir / "checkpoints", resume=cfg.resume, log_fn=logger.log,
+        eval_fn=eval_fn, extra={"config": plain_cfg}, progress=cfg.progress, dist=dist,
+    )
+
+
 def _train_offline_scorer(learner, examples, dataset, codec, pad, cfg, train_cfg, device, run_dir, logger,
                           plain_cfg, dist, t0) -> dict[str, Any] | None:
     """Training of a learner that does not act (``acts = False``: the reward model): ``fit``,
@@ -257,11 +262,7 @@ def _train_offline_scorer(learner, examples, dataset, codec, pad, cfg, train_cfg
         logger.log({f"eval/{k}": v for k, v in m.items()}, step)
         return m
 
-    train_stats = fit(
-        learner, examples, lambda ex: learner.collate(ex, pad), train_cfg, device, seed=cfg.seed,
-        checkpoint_dir=run_dir / "checkpoints", resume=cfg.resume, log_fn=logger.log,
-        eval_fn=held_out, extra={"config": plain_cfg}, progress=cfg.progress, dist=dist,
-    )
+    train_stats = _fit_run(learner, examples, pad, cfg, train_cfg, device, run_dir, logger, plain_cfg, dist, held_out)
     if not dist.is_main:
         return None
     results = {
