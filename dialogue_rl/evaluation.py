@@ -73,6 +73,38 @@ def make_env(env_id: str, env_kwargs: dict | None = None) -> DialogueEnv:
     return gym.make(env_id, **(env_kwargs or {})).unwrapped
 
 
+@dataclass
+class PlayedEpisode:
+    """One episode played by :func:`play_batch`: its seed, return, whether it terminated
+    (not truncated) and the env's final ``info`` (``turns``, ``success``)."""
+
+    seed: int
+    ret: float
+    terminated: bool
+    info: dict[str, Any]
+
+
+def play_batch(agent: Agent, env_id: str, env_kwargs: dict | None, seeds: Sequence[int]) -> list[PlayedEpisode]:
+    """Play one episode per seed, lock-stepped: every active env gets the agent's batched
+    utterances each turn until it terminates or is truncated."""
+    batch_envs = [make_env(env_id, env_kwargs) for _ in seeds]
+    infos = [e.reset(seed=int(s))[1] for e, s in zip(batch_envs, seeds)]
+    agent.reset(batch_envs, seeds)
+    returns, terminated = [0.0] * len(seeds), [False] * len(seeds)
+    active = list(range(len(seeds)))
+    while active:
+        utterances = agent.act([infos[i]["turns"] for i in active], active)
+        still = []
+        for i, u in zip(active, utterances):
+            _, r, term, trunc, infos[i] = batch_envs[i].step(u)
+            returns[i] += float(r)
+            terminated[i] = bool(term)
+            if not (term or trunc):
+                still.append(i)
+        active = still
+    return [PlayedEpisode(int(s), returns[i], terminated[i], infos[i]) for i, s in enumerate(seeds)]
+
+
 def evaluate(
     agent: Agent,
     env_id: str,
@@ -98,24 +130,10 @@ def evaluate(
                leave=False)
     for start in range(0, n_episodes, batch_size):
         seeds = list(range(seed_offset + start, seed_offset + min(n_episodes, start + batch_size)))
-        batch_envs = [make_env(env_id, env_kwargs) for _ in seeds]
-        infos = [e.reset(seed=s)[1] for e, s in zip(batch_envs, seeds)]
-        agent.reset(batch_envs, seeds)
-        returns = [0.0] * len(seeds)
-        active = list(range(len(seeds)))
-        while active:
-            utterances = agent.act([infos[i]["turns"] for i in active], active)
-            still = []
-            for i, u in zip(active, utterances):
-                _, r, term, trunc, infos[i] = batch_envs[i].step(u)
-                returns[i] += r
-                if not (term or trunc):
-                    still.append(i)
-            active = still
-        for i, s in enumerate(seeds):
-            turns: list[Turn] = infos[i]["turns"]
+        for ep in play_batch(agent, env_id, env_kwargs, seeds):
+            turns: list[Turn] = ep.info["turns"]
             episodes.append({
-                "env_id": env_id, "seed": s, "return": returns[i], "success": bool(infos[i]["success"]),
+                "env_id": env_id, "seed": ep.seed, "return": ep.ret, "success": bool(ep.info["success"]),
                 "length": sum(1 for t in turns if t.speaker == AGENT),
                 "transcript": render_transcript(turns), "turns": [t.to_dict() for t in turns],
             })

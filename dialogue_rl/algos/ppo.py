@@ -184,25 +184,11 @@ ROLLOUT_SEED_OFFSET = 600_000_000
 
 def play_episodes(agent: Any, env_id: str, env_kwargs: dict | None, seeds: Sequence[int]) -> list[dict[str, Any]]:
     """Play one lock-stepped batch of episodes; rows in the dataset schema (+ ``terminated``)."""
-    from dialogue_rl.evaluation import make_env
+    from dialogue_rl.evaluation import play_batch
 
-    envs_ = [make_env(env_id, env_kwargs) for _ in seeds]
-    infos = [e.reset(seed=int(s))[1] for e, s in zip(envs_, seeds)]
-    agent.reset(envs_, seeds)
-    returns, terminated = [0.0] * len(seeds), [False] * len(seeds)
-    active = list(range(len(seeds)))
-    while active:
-        utterances = agent.act([infos[i]["turns"] for i in active], active)
-        still = []
-        for i, u in zip(active, utterances):
-            _, r, term, trunc, infos[i] = envs_[i].step(u)
-            returns[i] += float(r)
-            terminated[i] = bool(term)
-            if not (term or trunc):
-                still.append(i)
-        active = still
-    return [{"seed": int(s), "return": returns[i], "terminated": terminated[i],
-             "turns": [t.to_dict() for t in infos[i]["turns"]]} for i, s in enumerate(seeds)]
+    return [{"seed": ep.seed, "return": ep.ret, "terminated": ep.terminated,
+             "turns": [t.to_dict() for t in ep.info["turns"]]}
+            for ep in play_batch(agent, env_id, env_kwargs, seeds)]
 
 
 class PPO(Learner):
