@@ -173,26 +173,44 @@ def _run_training(cfg: DictConfig, run_dir: Path, base_dir: Path, dist: distribu
         return _train_offline_scorer(learner, examples, dataset, codec, pad, cfg, train_cfg, device,
                                      run_dir, logger, plain_cfg, dist, t0)
 
+    log_eval = _periodic_eval(learner, tok, cfg, device, logger)
+    train_stats = _fit_run(learner, examples, pad, cfg, train_cfg, device, run_dir, logger, plain_cfg, dist, log_eval)
+    if not dist.is_main:
+        return None
+    final = _final_eval(learner, tok, cfg, device, run_dir, logger)
+    return _write_run_results(run_dir, logger, cfg, plain_cfg, final, {
+        "steps": train_stats["steps"], "tokens_per_s": train_stats["tokens_per_s"],
+        "wall_s": train_stats["wall_s"], "total_wall_s": time.perf_counter() - t0,
+        "n_dialogues": len(examples), "final_metrics": train_stats["final_metrics"],
+        "world_size": dist.world_size,
+    })
+
+
+def _periodic_eval(learner: Learner, tok, cfg: DictConfig, device: torch.device, logger: RunLogger):
+    """The ``eval_fn`` of a training: ``min(100, eval.n_episodes)`` episodes, logged at ``step``."""
     def log_eval(step: int) -> dict[str, Any]:
         res = run_eval(learner_agent(learner, tok, cfg, device, cfg.seed), cfg, min(100, cfg.eval.n_episodes))
         log_eval_result(logger, res, step, dict(cfg.env.kwargs))
         return res.summary()
 
-    train_stats = _fit_run(learner, examples, pad, cfg, train_cfg, device, run_dir, logger, plain_cfg, dist, log_eval)
-    if not dist.is_main:
-        return None
+    return log_eval
+
+
+def _final_eval(learner: Learner, tok, cfg: DictConfig, device: torch.device, run_dir: Path,
+                logger: RunLogger) -> dict[str, Any]:
+    """The end-of-training evaluation on ``eval.n_episodes``: ``samples.jsonl``, dashboards, summary."""
     res = run_eval(learner_agent(learner, tok, cfg, device, cfg.seed), cfg)
     write_samples(run_dir / "samples.jsonl", res)
     log_eval_result(logger, res, cfg.train.steps, dict(cfg.env.kwargs))
+    return res.summary()
+
+
+def _write_run_results(run_dir: Path, logger: RunLogger, cfg: DictConfig, plain_cfg: dict,
+                       eval_summary: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """``results.json`` of a training run (DESIGN's contract), then close the logger."""
     results = {
         "env_id": cfg.env.id, "algo": cfg.algo.name, "seed": int(cfg.seed), "config": plain_cfg,
-        "eval": res.summary(),
-        "train": {
-            "steps": train_stats["steps"], "tokens_per_s": train_stats["tokens_per_s"],
-            "wall_s": train_stats["wall_s"], "total_wall_s": time.perf_counter() - t0,
-            "n_dialogues": len(examples), "final_metrics": train_stats["final_metrics"],
-            "world_size": dist.world_size,
-        },
+        "eval": eval_summary, "train": train,
     }
     write_results(run_dir, results)
     logger.finish()
@@ -216,12 +234,7 @@ def _train_online(learner, tok, codec, cfg, device, run_dir, base_dir, logger, p
         rm.learner.requires_grad_(False).eval()
         reward_fn = rm.learner.score
     train_cfg = TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True))
-
-    def log_eval(step: int) -> dict[str, Any]:
-        res = run_eval(learner_agent(learner, tok, cfg, device, cfg.seed), cfg, min(100, cfg.eval.n_episodes))
-        log_eval_result(logger, res, step, dict(cfg.env.kwargs))
-        return res.summary()
-
+    log_eval = _periodic_eval(learner, tok, cfg, device, logger)
     log.info("training %s online on %s (reward: %s)", learner.name, cfg.env.id,
              learner.reward_model or "env")
     train_stats = learner.train_online(
@@ -229,19 +242,11 @@ def _train_online(learner, tok, codec, cfg, device, run_dir, base_dir, logger, p
         banned_ids=banned_token_ids(codec, tok), reward_fn=reward_fn, log_fn=logger.log, eval_fn=log_eval,
         checkpoint_dir=run_dir / "checkpoints", extra={"config": plain_cfg}, rollout_batch=cfg.eval.batch_size,
     )
-    res = run_eval(learner_agent(learner, tok, cfg, device, cfg.seed), cfg)
-    write_samples(run_dir / "samples.jsonl", res)
-    log_eval_result(logger, res, cfg.train.steps, dict(cfg.env.kwargs))
-    results = {
-        "env_id": cfg.env.id, "algo": cfg.algo.name, "seed": int(cfg.seed), "config": plain_cfg,
-        "eval": res.summary(),
-        "train": {"steps": train_stats["steps"], "tokens_per_s": 0.0, "wall_s": train_stats["wall_s"],
-                  "total_wall_s": time.perf_counter() - t0, "final_metrics": train_stats["final_metrics"],
-                  "world_size": 1},
-    }
-    write_results(run_dir, results)
-    logger.finish()
-    return results
+    final = _final_eval(learner, tok, cfg, device, run_dir, logger)
+    return _write_run_results(run_dir, logger, cfg, plain_cfg, final, {
+        "steps": train_stats["steps"], "tokens_per_s": 0.0, "wall_s": train_stats["wall_s"],
+        "total_wall_s": time.perf_counter() - t0, "final_metrics": train_stats["final_metrics"], "world_size": 1,
+    })
 
 
 def _fit_run(learner, examples, pad, cfg, train_cfg, device, run_dir, logger, plain_cfg, dist, eval_fn):
@@ -265,20 +270,14 @@ def _train_offline_scorer(learner, examples, dataset, codec, pad, cfg, train_cfg
     train_stats = _fit_run(learner, examples, pad, cfg, train_cfg, device, run_dir, logger, plain_cfg, dist, held_out)
     if not dist.is_main:
         return None
-    results = {
-        "env_id": cfg.env.id, "algo": cfg.algo.name, "seed": int(cfg.seed), "config": plain_cfg,
-        "eval": held_out(cfg.train.steps),
-        "train": {
-            "steps": train_stats["steps"], "tokens_per_s": train_stats["tokens_per_s"],
-            "wall_s": train_stats["wall_s"], "total_wall_s": time.perf_counter() - t0,
-            "n_pairs": len(examples), "final_metrics": train_stats["final_metrics"],
-            "world_size": dist.world_size,
-        },
-    }
-    log.info("%s: held-out %s", learner.name, results["eval"])
-    write_results(run_dir, results)
-    logger.finish()
-    return results
+    final = held_out(cfg.train.steps)
+    log.info("%s: held-out %s", learner.name, final)
+    return _write_run_results(run_dir, logger, cfg, plain_cfg, final, {
+        "steps": train_stats["steps"], "tokens_per_s": train_stats["tokens_per_s"],
+        "wall_s": train_stats["wall_s"], "total_wall_s": time.perf_counter() - t0,
+        "n_pairs": len(examples), "final_metrics": train_stats["final_metrics"],
+        "world_size": dist.world_size,
+    })
 
 
 def _remove_hydra_only_dir(path: Path) -> None:
