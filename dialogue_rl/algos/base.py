@@ -108,3 +108,28 @@ class Learner(nn.Module):
         from dialogue_rl.data import collate_tokens
 
         return collate_tokens(examples, pad_id)
+
+
+class PairLearner(Learner):
+    """A learner trained on preference pairs (:mod:`dialogue_rl.data.preferences`): the
+    pairing options (``group_by``, ``min_gap``, ``pairs_per_row``, ``label_noise``,
+    ``replay``, ``seed``) are kept in ``pair_kwargs``; examples are the tokenised pairs and
+    a batch holds the chosen dialogues, then the rejected ones."""
+
+    def __init__(
+        self, model: nn.Module, group_by: str, min_gap: float, pairs_per_row: int, label_noise: float,
+        replay: Sequence[str], seed: int,
+    ) -> None:
+        super().__init__(model)
+        self.pair_kwargs = {"group_by": group_by, "min_gap": min_gap, "pairs_per_row": pairs_per_row,
+                            "label_noise": label_noise, "seed": seed, "replay": tuple(replay)}
+
+    def make_examples(self, split: Any, codec: Any, max_length: int) -> Sequence[dict]:
+        from dialogue_rl.data.preferences import tokenize_pairs
+
+        return tokenize_pairs(split, codec, max_length, **self.pair_kwargs)
+
+    def collate(self, examples: Sequence[dict], pad_id: int) -> TokenBatch:
+        from dialogue_rl.data.preferences import collate_pairs
+
+        return collate_pairs(examples, pad_id)

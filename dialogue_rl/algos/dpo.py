@@ -33,14 +33,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dialogue_rl.algos.base import Learner, TokenBatch, action_logprobs, shifted_action_mask
-from dialogue_rl.data.preferences import PairDataset, collate_pairs, tokenize_pairs
+from dialogue_rl.algos.base import PairLearner, TokenBatch, action_logprobs, shifted_action_mask
 
 
 def sequence_logprobs(logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
@@ -57,7 +55,7 @@ def dpo_loss(
     return F.softplus(-z)
 
 
-class DPO(Learner):
+class DPO(PairLearner):
     """DPO with a frozen copy of the initial model as the reference."""
 
     name = "dpo"
@@ -74,12 +72,10 @@ class DPO(Learner):
         replay: Sequence[str] = (),
         seed: int = 0,
     ) -> None:
-        super().__init__(model)
+        super().__init__(model, group_by, min_gap, pairs_per_row, label_noise, replay, seed)
         if beta <= 0:
             raise ValueError(f"dpo beta={beta}: expected > 0")
         self.beta = beta
-        self.pair_kwargs = {"group_by": group_by, "min_gap": min_gap, "pairs_per_row": pairs_per_row,
-                            "label_noise": label_noise, "seed": seed, "replay": tuple(replay)}
         self.reference = copy.deepcopy(model)
         self.reference.requires_grad_(False)
         self.reference.eval()
@@ -104,8 +100,3 @@ class DPO(Learner):
                        "pair_acc": float((rc > rr).float().mean())}
         return loss, metrics
 
-    def make_examples(self, split: Any, codec: Any, max_length: int) -> PairDataset:
-        return tokenize_pairs(split, codec, max_length, **self.pair_kwargs)
-
-    def collate(self, examples: Sequence[dict], pad_id: int) -> TokenBatch:
-        return collate_pairs(examples, pad_id)

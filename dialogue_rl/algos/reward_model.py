@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dialogue_rl.algos.base import Learner, TokenBatch, hidden_size, make_head
-from dialogue_rl.data.preferences import PairDataset, collate_pairs, tokenize_pairs
+from dialogue_rl.algos.base import PairLearner, TokenBatch, hidden_size, make_head
+from dialogue_rl.data.preferences import collate_pairs, tokenize_pairs
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask.long().sum(dim=1).clamp_min(1) - 1
 
 
-class RewardModel(Learner):
+class RewardModel(PairLearner):
     """LM backbone + scalar head at the last token, trained with the Bradley–Terry loss."""
 
     name = "reward_model"
@@ -69,9 +69,7 @@ class RewardModel(Learner):
         hidden: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(model)
-        self.pair_kwargs = {"group_by": group_by, "min_gap": min_gap, "pairs_per_row": pairs_per_row,
-                            "label_noise": label_noise, "seed": seed, "replay": tuple(replay)}
+        super().__init__(model, group_by, min_gap, pairs_per_row, label_noise, replay, seed)
         self.head = make_head(hidden_size(model), 1, hidden)
 
     def score(self, batch: TokenBatch) -> torch.Tensor:
@@ -92,11 +90,6 @@ class RewardModel(Learner):
                        "margin": float((rc - rr).mean())}
         return loss, metrics
 
-    def make_examples(self, split: Any, codec: Any, max_length: int) -> PairDataset:
-        return tokenize_pairs(split, codec, max_length, **self.pair_kwargs)
-
-    def collate(self, examples: Sequence[dict], pad_id: int) -> TokenBatch:
-        return collate_pairs(examples, pad_id)
 
     def evaluate_pairs(self, split: Any, codec: Any, max_length: int, pad_id: int,
                        device: torch.device | str = "cpu") -> dict[str, float]:
