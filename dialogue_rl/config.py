@@ -67,7 +67,7 @@ class FilteredBCConfig(AlgoConfig):
 class ILQLConfig(AlgoConfig):
     name: str = "ilql"
     gamma: float = 0.99
-    tau: float = 0.7
+    tau: float = 0.5
     alpha: float = 0.1
     polyak: float = 0.005
     bc_weight: float = 1.0
