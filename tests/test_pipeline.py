@@ -86,7 +86,8 @@ def test_train_cli_writes_results_and_evaluate_reloads(tmp_path):
     out = _cli([str(ROOT / "scripts/train.py"), *TINY, "hydra.run.dir=run"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads((tmp_path / "run/results.json").read_text())
-    assert res["env_id"] == "dialogue_rl/GuessWhich-v0" and res["algo"] == "bc"
+    assert res["env_id"] == "dialogue_rl/GuessWhich-v0" and res["algo"] == "ilql"  # the defaults: ILQL on GuessWhich
+    assert res["config"]["algo"]["tau"] == 0.5
     for k in ("mean_return", "ci95", "normalized_score", "success_rate", "n_episodes"):
         assert k in res["eval"]
     for k in ("steps", "tokens_per_s", "wall_s"):
