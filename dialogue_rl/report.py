@@ -8,7 +8,8 @@
   training seeds with a seeded percentile bootstrap 95% CI over seeds
   (:func:`dialogue_rl.evaluation.bootstrap_ci`), mean success rate, mean return, mean
   training tokens/s, the seeds found;
-* :func:`render_markdown` writes the header (commands, commit, budget, summed wall time)
+* :func:`render_markdown` writes the header (commands, commit, budget, summed and elapsed
+  wall time: a run ends when its ``results.json`` is written, its mtime)
   and the tables, marking cells with fewer seeds than expected (``"2/3 seeds"``);
 * :func:`load_curves` and :func:`draw_figure` draw grouped bars per env with CI whiskers
   and, when the runs' ``metrics.jsonl`` hold them, learning curves (PNG, Agg backend).
@@ -20,6 +21,7 @@ stored in their ``results.json``, and they are never marked as missing seeds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -63,6 +65,7 @@ class RunResult:
     tokens_per_s: float
     wall_s: float
     normalized_ci95: tuple[float, float] | None = None
+    finished_at: float | None = None  # the results file's mtime (written once, atomically, at the end)
     config: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -162,7 +165,7 @@ def parse_result(data: Any, path: Path) -> RunResult:
 
 
 def load_result(path: str | Path) -> RunResult:
-    """Read and validate one ``results.json``."""
+    """Read and validate one ``results.json`` (its mtime is the run's end)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -170,7 +173,7 @@ def load_result(path: str | Path) -> RunResult:
         raise ReportError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ReportError(f"{path}: cannot be read ({e})") from None
-    return parse_result(data, path)
+    return dataclasses.replace(parse_result(data, path), finished_at=path.stat().st_mtime)
 
 
 def load_results(sweep_dir: str | Path) -> list[RunResult]:
@@ -231,6 +234,7 @@ class Budget:
     eval_episodes: tuple[int, ...]
     n_runs: int
     wall_s: float
+    elapsed_s: float | None = None  # first trained run's start to the last one's end
 
     def describe(self) -> str:
         def vals(xs: Iterable[Any]) -> str:
@@ -239,7 +243,18 @@ class Budget:
 
         return (f"train.steps {vals(self.steps)}; model {vals(self.models)}; "
                 f"eval.n_episodes {vals(self.eval_episodes)}; {self.n_runs} runs; "
-                f"wall time {format_duration(self.wall_s)} (summed over runs)")
+                f"wall time {format_duration(self.wall_s)} (summed over runs)"
+                + ("" if self.elapsed_s is None else
+                   f", {format_duration(self.elapsed_s)} elapsed from the first training run's start "
+                   "to the last one's end"))
+
+
+def elapsed(runs: Sequence[RunResult]) -> float | None:
+    """``max(end) - min(end - wall_s)`` over runs with a known end time (None if none has)."""
+    timed = [r for r in runs if r.finished_at is not None]
+    if not timed:
+        return None
+    return max(r.finished_at for r in timed) - min(r.finished_at - r.wall_s for r in timed)
 
 
 def budget(runs: Sequence[RunResult]) -> Budget:
@@ -250,6 +265,7 @@ def budget(runs: Sequence[RunResult]) -> Budget:
         eval_episodes=tuple(sorted({r.n_episodes for r in runs})),
         n_runs=len(runs),
         wall_s=float(sum(r.wall_s for r in runs)),
+        elapsed_s=elapsed(trained),
     )
 
 

@@ -1,6 +1,7 @@
 """Benchmark report: loading, errors naming the file, seeded CIs, tables, figure, script."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -157,8 +158,14 @@ def test_tables_exactly(tmp_path):
 
 
 def test_markdown_header(tmp_path):
-    runs = load_results(_sweep(tmp_path))
+    root = _sweep(tmp_path)
+    for p in root.rglob("results.json"):  # the runs end at t=1000 s (wall 15 s each) ...
+        os.utime(p, (1000.0, 1000.0))
+    os.utime(root / "maze_fo_bc_s2" / "results.json", (1600.0, 1600.0))  # ... but one at 1600 s
+    os.utime(root / "reference" / "guess_which_scripted-expert" / "results.json", (9000.0, 9000.0))  # not trained
+    runs = load_results(root)
     b = budget(runs)
+    assert b.elapsed_s == pytest.approx(1600.0 - (1000.0 - 15.0))
     assert b.steps == (100,) and b.models == ("tiny",) and b.eval_episodes == (50,)
     assert b.wall_s == pytest.approx(8 * 15.0 + 6.0)
     md = render_markdown(aggregate(runs), runs, commands=["python scripts/train.py -m +experiment=x"],
@@ -166,7 +173,8 @@ def test_markdown_header(tmp_path):
     assert md.startswith("# Benchmark results\n\n- command: `python scripts/train.py -m +experiment=x`\n")
     assert "- commit: `abc1234`" in md
     assert ("train.steps 100; model tiny; eval.n_episodes 50; 9 runs; "
-            "wall time 2.1 min (summed over runs)") in md
+            "wall time 2.1 min (summed over runs), 10.2 min elapsed from the first training run's "
+            "start to the last one's end") in md
     assert "![benchmark figure](results.png)" in md
 
 
