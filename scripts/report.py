@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="markdown file (default: <sweep_dir>/results.md)")
     ap.add_argument("--figure", type=Path, default=None, help="PNG figure (default: <sweep_dir>/results.png)")
     ap.add_argument("--no-figure", action="store_true", help="write the table only")
+    ap.add_argument("--commit", default=None,
+                    help="the commit the runs were made at (default: this repository's HEAD)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = args.out or args.sweep_dir / "results.md"
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("figure -> %s", fig_path)
     commands = sweep_commands(args.sweep_dir) + [shlex.join(["python", "scripts/report.py", *argv])]
     text = render_markdown(cells, runs, expected_seeds=args.expected_seeds, commands=commands,
-                           commit=git_commit(), figure=relative_link(fig_path, out) if fig_path else None)
+                           commit=args.commit or git_commit(), figure=relative_link(fig_path, out) if fig_path else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     log.info("%d runs, %d env x learner cells -> %s", len(runs), len(cells), out)

@@ -204,6 +204,8 @@ def test_script_writes_report_and_fails_clearly(tmp_path, capsys):
     text = out.read_text()
     assert "(2/3 seeds)" in text and "![benchmark figure](results.png)" in text
     assert f"python scripts/report.py {sweep}" in text and fig.is_file()
+    assert main([str(sweep), "--out", str(out), "--no-figure", "--commit", "0123abc"]) == 0
+    assert "- commit: `0123abc`" in out.read_text()
     bad = _write(sweep, "maze_fo_mc_s0", "{")
     assert main([str(sweep), "--no-figure"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
