@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dialogue_rl.algos.base import PairLearner, TokenBatch, hidden_size, make_head
-from dialogue_rl.data.preferences import collate_pairs, tokenize_pairs
+from dialogue_rl.data.preferences import tokenize_pairs
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,6 @@ class RewardModel(PairLearner):
                        "margin": float((rc - rr).mean())}
         return loss, metrics
 
-
     def evaluate_pairs(self, split: Any, codec: Any, max_length: int, pad_id: int,
                        device: torch.device | str = "cpu") -> dict[str, float]:
         """Held-out pair accuracy on another split, paired like the training split but
@@ -111,7 +110,7 @@ def pair_accuracy(rm: RewardModel, pairs: Sequence[dict], pad_id: int, batch_siz
     right = 0
     for lo in range(0, len(pairs), batch_size):
         chunk = [pairs[i] for i in range(lo, min(lo + batch_size, len(pairs)))]
-        batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
+        batch = {k: v.to(device) for k, v in rm.collate(chunk, pad_id).items()}
         r = rm.score(batch)
         right += int((r[: len(chunk)] > r[len(chunk):]).sum())
     rm.train(was_training)
