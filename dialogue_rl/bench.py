@@ -114,14 +114,29 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def prefill_candidates(learner: Any, batch: dict[str, Any], pool: Sequence[tuple[int, ...]], seed: int = 0) -> None:
+    """Cache ``n_candidates`` utterances for every state and next state of ``batch``, drawn
+    from ``pool`` (the dataset's agent utterances): the candidates a trained BC model would
+    sample have the dataset's lengths, while an untrained bench model would babble up to
+    its token budget and overstate the cost of scoring them."""
+    from dialogue_rl.algos.utterance_q import state_key
+
+    rng = np.random.default_rng(seed)
+    for s in [*batch["states"], *batch["next_states"]]:
+        if s is not None:
+            picks = rng.choice(len(pool), size=learner.n_candidates, replace=False)
+            learner.cache.put(state_key(s), [pool[int(i)] for i in picks])
+
+
 def update_times(
     setup: BenchSetup, model_cfg: Any, device: torch.device, batch_size: int, repeats: int,
     learners: Sequence[str] = ("bc", "ilql", "utterance_q"),
 ) -> dict[str, Any]:
     """Update times of each learner on the same batch (repeats interleaved), tokens/s.
 
-    The per-utterance Q learner gets its candidates cached by a warm-up update (its
-    default ``refresh_every=0``), as the goal "N = 8 candidates cached" asks.
+    The per-utterance Q learner gets ``n_candidates`` cached candidates per state (its
+    default ``refresh_every=0``), as the goal "N = 8 candidates cached" asks, drawn from
+    the dataset's agent utterances (:func:`prefill_candidates`).
     Updates run under bf16 autocast on CUDA, like :mod:`dialogue_rl.train`.
     """
     from dialogue_rl.algos import LEARNERS
@@ -141,6 +156,7 @@ def update_times(
         if name == "utterance_q":
             ex = learner.make_examples(setup.rows, setup.codec, 512)
             batch = _to(learner.collate([ex[i] for i in range(min(len(ex), batch_size))], pad), device)
+            prefill_candidates(learner, batch, [tuple(int(t) for t in e["action"]) for e in ex])
         else:
             batch = token_batch
         opt = make_optimizer(learner, TrainConfig())

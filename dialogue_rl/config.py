@@ -105,7 +105,7 @@ class UtteranceQConfig(AlgoConfig):
     act_mode: str = "argmax"
     act_temperature: float = 0.1
     act_candidates: int = 0
-    encoder: str = "shared_prefix"
+    encoder: str = "packed"
     seed: int = 0
 
 

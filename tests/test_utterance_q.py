@@ -16,6 +16,7 @@ from dialogue_rl.algos.utterance_q import (
     bellman_targets,
     candidate_set,
     conservative_penalty,
+    packed_mask,
 )
 from dialogue_rl.data import flatten_transitions
 from dialogue_rl.models import ModelConfig, build_model, build_word_tokenizer
@@ -160,13 +161,34 @@ def test_encoders_agree_and_bc_term_matches_bc_loss():
     learner, ex, tok, c = _learner()
     batch = learner.collate([ex[i] for i in range(5)], tok.pad_token_id)
     sets = [[a, _utt(c, "up"), _utt(c, "left or right")] for a in batch["actions"]]
+    assert learner.encoder == "packed"
     q1, m1, nll1 = learner.q_values(batch["states"], sets, learner.q_heads, lm=True)
-    learner.encoder = "full"
-    q2, m2, nll2 = learner.q_values(batch["states"], sets, learner.q_heads, lm=True)
-    assert torch.equal(m1, m2) and torch.allclose(q1, q2, atol=1e-5)
     logits = learner.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert nll1.item() == pytest.approx(bc_loss(logits, batch).item(), rel=1e-4)
-    assert nll2.item() == pytest.approx(nll1.item(), rel=1e-4)
+    for encoder in ("shared_prefix", "full"):
+        learner.encoder = encoder
+        q2, m2, nll2 = learner.q_values(batch["states"], sets, learner.q_heads, lm=True)
+        assert torch.equal(m1, m2) and torch.allclose(q1, q2, atol=1e-5), encoder
+        assert nll2.item() == pytest.approx(nll1.item(), rel=1e-4), encoder
+    learner.encoder = "packed"  # the eager implementation takes the additive form of the mask
+    learner.model.set_attn_implementation("eager")
+    q3, _, nll3 = learner.q_values(batch["states"], sets, learner.q_heads, lm=True)
+    assert torch.allclose(q1, q3, atol=1e-5) and nll3.item() == pytest.approx(nll1.item(), rel=1e-4)
+
+
+def test_packed_mask_lets_each_candidate_see_the_history_and_itself_only():
+    seg = torch.tensor([[0, 0, 1, 1, 2, -1]])  # history of 2, candidates of 2 and 1, padding
+    allowed = packed_mask(seg)[0, 0].int().tolist()
+    assert allowed == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 0],  # candidate 2 does not see candidate 1
+        [1, 1, 0, 0, 0, 0],  # padding sees the history only (no empty row)
+    ]
+    additive = packed_mask(seg, torch.float32)[0, 0]
+    assert additive[4, 2] == torch.finfo(torch.float32).min and additive[4, 4] == 0
 
 
 def test_one_update_changes_q_heads_and_moves_targets_not_the_frozen_model():

@@ -44,16 +44,23 @@ Design choices
   the ``<eou>`` of ``s + u``: the feature sees the whole history and the whole candidate,
   with no pooling. The target heads read the same online backbone (detached), as in
   :mod:`dialogue_rl.algos.ilql`: one backbone in memory besides the frozen sampler.
-  ``encoder="shared_prefix"`` (default) runs each distinct history once with the KV cache,
-  gathers the cache for each of its candidates and then runs only the candidate tokens
-  (gradients flow through the shared prefix). ``encoder="full"`` runs one independent
-  sequence ``s + u`` for each pair. Both give the same Q (a test checks this).
-  Measured on CPU (one thread, ``tiny`` preset: 4 layers, width 128), GuessWhich
-  transitions (histories of 51 tokens on average), batch 32, 8 candidates from a
-  briefly trained BC model (about 8.5 distinct candidates a state with the dataset
-  utterance), cached: ``shared_prefix`` 1.7 s per update, ``full`` 8.8 s, and a BC
-  update on the same 32 ``s + u_data`` sequences 0.38 s. The history is encoded once
-  per state instead of once per candidate, so the gap grows with history length.
+  ``encoder="packed"`` (default) writes one row per state, ``s, u_1, ..., u_K``, with a
+  4-D attention mask (:func:`packed_mask`) under which each candidate token sees the
+  history and the earlier tokens of its own candidate only, and position ids that
+  restart after ``s`` for every candidate: one forward pass per state, no copies.
+  ``encoder="shared_prefix"`` runs each distinct history once with the KV cache,
+  gathers the cache for each of its candidates and then runs only the candidate tokens.
+  ``encoder="full"`` runs one independent sequence ``s + u`` for each pair. All three
+  give the same Q (a test checks this) and gradients flow through the shared history.
+  Measured by ``scripts/bench.py``'s update figures (CPU, one thread, ``tiny`` preset:
+  4 layers, width 128; GuessWhich transitions with histories of 49 tokens on average,
+  batch 32, 8 cached candidates a state drawn from the dataset's utterances, about 9
+  with the dataset one), as a multiple of a BC update on 32 GuessWhich dialogues:
+  ``packed`` 2.2x, ``shared_prefix`` 3.3x (it copies the history's cache once per
+  candidate and pads every candidate to the longest; its backward pass scatters the
+  copies back); an earlier measurement had ``full`` about 5x slower than
+  ``shared_prefix``. The history is encoded once per state instead of once per
+  candidate, so the gap to ``full`` grows with history length.
   CHAI's frozen, mean-pooled encoder would be cheaper still (no backward pass through
   the backbone) but leaves the Q features fixed by BC; freezing can be added later as
   an option if a benchmark needs it.
@@ -117,7 +124,7 @@ Utterance = tuple[int, ...]  # token ids of one utterance, closing <eou> include
 State = tuple[int, ...]  # token ids of a history ending with the agent's speaker prefix
 
 ACT_MODES = ("argmax", "softmax")
-ENCODERS = ("shared_prefix", "full")
+ENCODERS = ("packed", "shared_prefix", "full")
 MAX_SAMPLE_ROWS = 1024  # rows decoded at once when sampling candidates
 
 
@@ -330,7 +337,7 @@ class UtteranceQ(Learner):
         act_mode: str = "argmax",
         act_temperature: float = 0.1,
         act_candidates: int = 0,
-        encoder: str = "shared_prefix",
+        encoder: str = "packed",
         seed: int = 0,
         eou_id: int | None = None,
         excluded_ids: list[int] | None = None,
@@ -494,6 +501,8 @@ class UtteranceQ(Learner):
         states = [self._fit(s, n) for s, n in zip(states, longest)]
         if self.encoder == "full":
             return self._encode_full(states, pair_state, utts, sets, lm)
+        if self.encoder == "packed" and self._attn_impl() in ("sdpa", "eager"):
+            return self._encode_packed(states, sets, lm)
         return self._encode_shared(states, pair_state, utts, sets, lm)
 
     def _fit(self, state: State, utt_len: int) -> State:
@@ -523,6 +532,47 @@ class UtteranceQ(Learner):
         pos = torch.where(mask, pos, torch.zeros_like(pos))
         lm_hidden = hidden[first[:, None], pos]
         return feats, lm_hidden, mask
+
+    def _encode_packed(self, states, sets, lm):
+        """One row per state: ``s, u_1, ..., u_K`` with a mask letting each candidate see
+        the history and itself only, and each candidate's positions restarting after ``s``."""
+        dev = self.device
+        rows, segs, poss, ends = [], [], [], []
+        for k, (s, us) in enumerate(zip(states, sets)):
+            ids, seg, pos = list(s), [0] * len(s), list(range(len(s)))
+            for j, u in enumerate(us):
+                ids += u
+                seg += [j + 1] * len(u)
+                pos += range(len(s), len(s) + len(u))
+                ends.append((k, len(ids) - 1))
+            rows.append(ids)
+            segs.append(seg)
+            poss.append(pos)
+        ids, _, _ = _right_pad(rows, self.pad_id, dev)
+        seg = _pad_to(segs, ids.shape[1], -1, dev)
+        pos = _pad_to(poss, ids.shape[1], 0, dev)
+        hidden = self._backbone()(input_ids=ids, attention_mask=packed_mask(seg, self._mask_dtype()),
+                                  position_ids=pos).last_hidden_state
+        ends_t = torch.tensor(ends, dtype=torch.long, device=dev)
+        feats = hidden[ends_t[:, 0], ends_t[:, 1]]
+        if not lm:
+            return feats, None, None
+        m = max(len(u) for us in sets for u in us)
+        s_len = torch.tensor([len(s) for s in states], device=dev)
+        idx = ((s_len - 1)[:, None] + torch.arange(m, device=dev)[None]).clamp_max(ids.shape[1] - 1)
+        lm_hidden = hidden[torch.arange(len(states), device=dev)[:, None], idx]
+        first_len = torch.tensor([len(us[0]) for us in sets], device=dev)
+        mask = torch.arange(m, device=dev)[None] < first_len[:, None]
+        return feats, lm_hidden, mask
+
+    def _attn_impl(self) -> str:
+        """The backbone's attention implementation; ``packed`` needs one that takes a 4-D
+        mask (SDPA or eager), others (flash attention) fall back to ``shared_prefix``."""
+        return getattr(self.model.config, "_attn_implementation", None) or "sdpa"
+
+    def _mask_dtype(self) -> torch.dtype | None:
+        """``None`` (boolean mask) for SDPA; the float dtype of an additive mask for eager."""
+        return next(self.model.parameters()).dtype if self._attn_impl() == "eager" else None
 
     def _encode_shared(self, states, pair_state, utts, sets, lm):
         dev = self.device
@@ -722,6 +772,32 @@ def _right_pad(
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         attn[i, : len(s)] = 1
     return ids.to(device), attn.to(device), torch.tensor(lengths, dtype=torch.long, device=device)
+
+
+def _pad_to(seqs: Sequence[Sequence[int]], t: int, fill: int, device: torch.device) -> torch.Tensor:
+    out = torch.full((len(seqs), t), fill, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out.to(device)
+
+
+def packed_mask(seg: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """4-D attention mask ``[S, 1, T, T]`` of packed rows (:meth:`UtteranceQ._encode_packed`).
+
+    ``seg[s, t]`` is 0 on the history, ``j >= 1`` on candidate ``j`` and -1 on padding.
+    Query ``t`` sees key ``t' <= t`` when ``t'`` is history or in the same candidate as
+    ``t``; padding keys are never seen (a padding query sees the history, so no row is
+    empty). Boolean (True = attend) with ``dtype=None``, else additive (0 / dtype min).
+    """
+    t = seg.shape[1]
+    idx = torch.arange(t, device=seg.device)
+    causal = idx[:, None] >= idx[None, :]
+    key, query = seg[:, None, :], seg[:, :, None]
+    allowed = causal[None] & (key >= 0) & ((key == 0) | (key == query))
+    allowed = allowed[:, None]
+    if dtype is None:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
