@@ -8,8 +8,10 @@ re-encoded rollouts) interleave their repeats so that load on the machine hits t
 * :func:`update_times`: BC, ILQL and per-utterance Q update times on one batch, same model.
   Training throughput is ``tokens / t`` and model FLOPs utilisation (MFU) is
   ``flops_per_token * tokens / t / peak`` with nanoGPT's count
-  ``flops_per_token = 6 N + 12 L H T`` (``N`` non-embedding parameters, ``L`` layers,
-  ``H`` width, ``T`` sequence length: forward + backward of the weights and the attention).
+  ``flops_per_token = 6 N + 12 L H T`` (``N`` parameters but the position embeddings,
+  ``L`` layers, ``H`` width, ``T`` sequence length: forward + backward of the weights and
+  the attention), on a batch of the first ``batch_size`` dialogues and on a length-grouped
+  batch as ``train.group_by_length=8`` draws it (:func:`dialogue_rl.train.batch_indices`).
 * :func:`rollout_times`: multi-turn rollouts of ``n_episodes`` GuessWhich episodes with the
   cross-turn KV cache (:class:`dialogue_rl.rollout.Rollout`), re-encoding the history every
   turn, and Hugging Face ``generate`` on the re-encoded history every turn.
@@ -79,7 +81,8 @@ def matmul_peak(device: torch.device, n: int = 1024, repeats: int = 5) -> dict[s
 
 
 def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """nanoGPT's count: ``6 N`` (non-embedding) ``+ 12 L H T`` per token for forward + backward."""
+    """nanoGPT's count: ``6 N + 12 L H T`` per token for forward + backward, ``N`` without
+    the position embeddings (the tied token embedding is the output layer's matmul)."""
     from dialogue_rl.models.lm import n_params
 
     cfg = model.config
@@ -128,6 +131,10 @@ def prefill_candidates(learner: Any, batch: dict[str, Any], pool: Sequence[tuple
             learner.cache.put(state_key(s), [pool[int(i)] for i in picks])
 
 
+#: ``train.group_by_length`` of the grouped-batch figures
+GROUP_BY_LENGTH = 8
+
+
 def update_times(
     setup: BenchSetup, model_cfg: Any, device: torch.device, batch_size: int, repeats: int,
     learners: Sequence[str] = ("bc", "ilql", "utterance_q"),
@@ -144,9 +151,13 @@ def update_times(
     from dialogue_rl.models import build_model
     from dialogue_rl.train import TrainConfig, make_optimizer
 
+    from dialogue_rl.train import batch_indices
+
     data = tokenize_dataset(setup.rows, setup.codec)
     pad = setup.tok.pad_token_id
     token_batch = _to(collate_tokens([data[i] for i in range(min(batch_size, len(data)))], pad), device)
+    grouped = batch_indices(len(data), batch_size, 0, 0, data.lengths, GROUP_BY_LENGTH)
+    grouped_batch = _to(collate_tokens([data[int(i)] for i in grouped], pad), device)
     amp = device.type == "cuda"
     built = {}
     for name in learners:
@@ -165,16 +176,26 @@ def update_times(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 learner.update(batch, opt)
 
-        step()  # warm-up (and the candidate cache of utterance_q)
+        step()  # warm-up
         built[name] = (learner, step)
+        if name == "bc":
+            def step_grouped(learner=learner, opt=opt) -> None:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    learner.update(grouped_batch, opt)
+
+            step_grouped()
+            built["bc_grouped"] = (learner, step_grouped)
     times: dict[str, list[float]] = {k: [] for k in built}
     for _ in range(repeats):
         for name, (_, step) in built.items():
             times[name].append(timed(step, device))
-    n_tokens = int(token_batch["attention_mask"].sum())
-    seq_len = int(token_batch["input_ids"].shape[1])
-    fpt = flops_per_token(built[learners[0]][0].model, seq_len)
-    return {"times": times, "n_tokens": n_tokens, "seq_len": seq_len, "flops_per_token": fpt,
+    model = built[learners[0]][0].model
+    shapes = {}
+    for key, b in (("first", token_batch), ("grouped", grouped_batch)):
+        n_tokens, seq_len = int(b["attention_mask"].sum()), int(b["input_ids"].shape[1])
+        shapes[key] = {"n_tokens": n_tokens, "seq_len": seq_len, "flops_per_token": flops_per_token(model, seq_len),
+                       "padding_fraction": 1 - n_tokens / b["attention_mask"].numel()}
+    return {"times": times, **shapes["first"], "grouped": shapes["grouped"],
             "learners": {k: v[0] for k, v in built.items()}}
 
 
@@ -418,12 +439,13 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     model_cfg = MODEL_PRESETS[cfg.model] if isinstance(cfg.model, str) else cfg.model
     t_start = time.perf_counter()
     torch.manual_seed(0)
-    setup = guess_which_setup(max(cfg.batch_size, 2))
+    setup = guess_which_setup(max(cfg.batch_size * GROUP_BY_LENGTH, 2))
     peak = matmul_peak(device, cfg.matmul_n, cfg.repeats)
     up = update_times(setup, model_cfg, device, cfg.batch_size, cfg.repeats)
     times = up["times"]
     med = {k: statistics.median(v) for k, v in times.items()}
     flops = up["flops_per_token"] * up["n_tokens"]
+    g_flops = up["grouped"]["flops_per_token"] * up["grouped"]["n_tokens"]
     peak_flops = peak["median"] * 1e9
     out: dict[str, Any] = {
         "device": str(device), "model": cfg.model if isinstance(cfg.model, str) else "custom",
@@ -437,6 +459,13 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "mfu_bc": flops / med["bc"] / peak_flops, "mfu_ilql": flops / med["ilql"] / peak_flops,
         "mfu_bc_stats": stats([flops / t / peak_flops for t in times["bc"]]),
         "mfu_ilql_stats": stats([flops / t / peak_flops for t in times["ilql"]]),
+        "padding_fraction": up["padding_fraction"],
+        "batch_tokens_grouped": up["grouped"]["n_tokens"], "seq_len_grouped": up["grouped"]["seq_len"],
+        "padding_fraction_grouped": up["grouped"]["padding_fraction"],
+        "tokens_per_s_bc_grouped": up["grouped"]["n_tokens"] / med["bc_grouped"],
+        "tokens_per_s_bc_grouped_stats": stats([up["grouped"]["n_tokens"] / t for t in times["bc_grouped"]]),
+        "mfu_bc_grouped": g_flops / med["bc_grouped"] / peak_flops,
+        "mfu_bc_grouped_stats": stats([g_flops / t / peak_flops for t in times["bc_grouped"]]),
         "ilql_over_bc_update": med["ilql"] / med["bc"],
         "uq_over_bc_update": med["utterance_q"] / med["bc"],
         "ilql_over_bc_update_per_repeat": stats([i / b for i, b in zip(times["ilql"], times["bc"])]),
@@ -489,6 +518,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- report
 GOALS = (
     ("mfu_bc", ">=", 0.5, "BC training MFU (tiny, fp32)"),
+    ("mfu_bc_grouped", ">=", 0.5, "BC training MFU, length-grouped batch (train.group_by_length=8)"),
     ("ilql_over_bc_update", "<=", 1.5, "ILQL update / BC update"),
     ("uq_over_bc_update", "<=", 3.0, "per-utterance Q update (N=8 cached) / BC update"),
     ("rollout_speedup_kv_vs_reencode", ">=", 5.0, "KV-cached rollout speed-up over re-encoding"),
@@ -525,14 +555,18 @@ def render_markdown(res: dict[str, Any], command: str) -> str:
         "",
         "## Training (one update, same GuessWhich batch and model)",
         "",
-        f"Batch: {res['batch_dialogues']} dialogues, {res['batch_tokens']} tokens, padded length {res['seq_len']}. "
+        f"Batch: the first {res['batch_dialogues']} dialogues, {res['batch_tokens']} tokens, padded length "
+        f"{res['seq_len']} ({res['padding_fraction']:.0%} padding); `bc_grouped`: BC on a length-grouped batch "
+        f"as `train.group_by_length={GROUP_BY_LENGTH}` draws it, {res['batch_tokens_grouped']} tokens, padded "
+        f"length {res['seq_len_grouped']} ({res['padding_fraction_grouped']:.0%} padding). "
         f"Matmul peak (fp32): {_fmt(res['matmul_peak_gflops_stats'])} GFLOP/s.",
         "",
         "| learner | update (s) | tokens/s | MFU |",
         "|---|---|---|---|",
     ]
-    mfu = {"bc": res["mfu_bc_stats"], "ilql": res["mfu_ilql_stats"]}
-    tps = {"bc": res["tokens_per_s_bc_stats"], "ilql": res["tokens_per_s_ilql_stats"]}
+    mfu = {"bc": res["mfu_bc_stats"], "ilql": res["mfu_ilql_stats"], "bc_grouped": res["mfu_bc_grouped_stats"]}
+    tps = {"bc": res["tokens_per_s_bc_stats"], "ilql": res["tokens_per_s_ilql_stats"],
+           "bc_grouped": res["tokens_per_s_bc_grouped_stats"]}
     for name, s in res["update_s"].items():
         lines.append(f"| {name} | {_fmt(s)} | {_fmt(tps[name]) if name in tps else '-'} | "
                      f"{_fmt(mfu[name]) if name in mfu else '-'} |")
@@ -585,9 +619,10 @@ def render_markdown(res: dict[str, Any], command: str) -> str:
         "  budget: decoding (one forward per token, identical in all three agents) dominates, and the",
         "  cross-turn cache only removes the per-turn re-encoding of the history. The speed-up grows",
         "  with history length and shrinks with utterance length.",
-        "- The per-utterance Q update runs about 9 candidates (the dataset utterance and N = 8 cached",
-        "  samples, here all budget-long) per state, forward and backward, plus the target pass at the",
-        "  next states: several times the tokens of the BC update on the same dialogues.",
+        "- The per-utterance Q update scores about 9 candidates a state (the dataset utterance and",
+        "  N = 8 cached ones drawn from the dataset's utterances, the lengths a trained BC model",
+        "  samples), forward and backward in one packed row per state, plus the target pass at the",
+        "  next states.",
         "- TextWorld ids step the real TextWorld engine (its own Python game engine), not a scripted",
         "  partner of this lab.",
         "",

@@ -27,6 +27,8 @@ def test_bench_keys_and_types_at_a_tiny_size(tmp_path):
     for s in (res["update_s"]["bc"], res["matmul_peak_gflops_stats"], res["rollout_s"]["kv"]):
         assert set(s) == {"min", "median", "max"} and s["min"] <= s["median"] <= s["max"]
     assert res["rollout_kv_equals_reencode"] is True  # greedy: same transcripts
+    assert 0 <= res["padding_fraction_grouped"] <= res["padding_fraction"] < 1  # grouping pads less
+    assert res["mfu_bc_grouped"] > 0
     md = render_markdown(res, "python scripts/bench.py --quick")
     assert md.startswith("# Performance") and "| BC training MFU" in md
 

@@ -114,6 +114,28 @@ def test_lr_schedule_and_batch_indices_are_step_keyed():
     assert not np.array_equal(batch_indices(50, 8, 3, 7), batch_indices(50, 8, 3, 8))
 
 
+def test_length_grouped_batches_pad_less_and_keep_every_row_equally_likely():
+    n, bs, steps = 200, 8, 4000
+    lengths = np.random.default_rng(0).integers(5, 300, size=n)
+    counts = np.zeros(n)
+    pad_grouped, pad_plain = [], []
+    for step in range(steps):
+        idx = batch_indices(n, bs, 1, step, lengths, group=8)
+        assert len(set(idx.tolist())) == bs and np.all(np.diff(lengths[idx]) >= 0)  # a sorted run
+        counts[idx] += 1
+        plain = batch_indices(n, bs, 1, step)
+        pad_grouped.append(lengths[idx].max() * bs - lengths[idx].sum())
+        pad_plain.append(lengths[plain].max() * bs - lengths[plain].sum())
+    assert np.mean(pad_grouped) < 0.4 * np.mean(pad_plain)
+    expected = steps * bs / n  # 160 draws a row; a binomial sd of about 12
+    assert np.all(np.abs(counts - expected) < 6 * np.sqrt(expected))
+    assert abs(np.corrcoef(lengths, counts)[0, 1]) < 0.2  # no length is favoured
+    # keyed by (seed, step); too few rows for two batches: the plain draw
+    assert np.array_equal(batch_indices(n, bs, 1, 5, lengths, 8), batch_indices(n, bs, 1, 5, lengths, 8))
+    assert np.array_equal(batch_indices(12, 8, 1, 5, lengths[:12], 8), batch_indices(12, 8, 1, 5))
+    assert np.array_equal(batch_indices(n, bs, 1, 5, lengths, 0), batch_indices(n, bs, 1, 5))
+
+
 def test_bootstrap_ci_seeded_and_brackets_mean():
     x = [0.0, 1.0, 2.0, 3.0, 4.0]
     lo, hi = bootstrap_ci(x, seed=0)

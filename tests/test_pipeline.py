@@ -39,12 +39,13 @@ class _Kill(Exception):
     pass
 
 
-def _resume_run(tmp_path: Path, kill_at: int | None) -> dict[str, torch.Tensor]:
+def _resume_run(tmp_path: Path, kill_at: int | None, group: int = 0) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     tok = build_word_tokenizer(StitchEnv.vocabulary())
     data = tokenize_dataset(stitch_rows(40), make_codec(tok))
     learner = BC(build_model(ModelConfig("t", n_layer=1, n_head=2, n_embd=16, n_positions=64), tok))
-    cfg = TrainConfig(steps=12, batch_size=8, lr=1e-2, warmup_steps=3, log_every=1, checkpoint_every=5)
+    cfg = TrainConfig(steps=12, batch_size=8, lr=1e-2, warmup_steps=3, log_every=1, checkpoint_every=5,
+                      group_by_length=group)
 
     def log_fn(metrics, step):
         if kill_at is not None and step == kill_at:
@@ -64,9 +65,10 @@ def _resume_run(tmp_path: Path, kill_at: int | None) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in learner.state_dict().items()}
 
 
-def test_killed_run_resumes_to_identical_weights(tmp_path):
-    full = _resume_run(tmp_path / "a", None)
-    resumed = _resume_run(tmp_path / "b", kill_at=7)
+@pytest.mark.parametrize("group", [0, 4])
+def test_killed_run_resumes_to_identical_weights(tmp_path, group):
+    full = _resume_run(tmp_path / "a", None, group)
+    resumed = _resume_run(tmp_path / "b", kill_at=7, group=group)
     assert full.keys() == resumed.keys()
     for k in full:
         assert torch.equal(full[k], resumed[k]), k

@@ -206,6 +206,11 @@ class UtteranceTransitions(Sequence):
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens of ``state + action`` per transition (``train.group_by_length``)."""
+        return self.index[:, 2]
+
     def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
         d, a, b, c, dd = (int(x) for x in self.index[i])
         ids = self.tokens[d]["input_ids"]

@@ -74,7 +74,13 @@ def build_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
 
 
 def n_params(model: torch.nn.Module, non_embedding: bool = False) -> int:
+    """Parameter count; ``non_embedding`` leaves out the position embeddings, as nanoGPT
+    does (the token embedding stays: tied to the output layer, it is a matmul per token)."""
     n = sum(p.numel() for p in model.parameters())
-    if non_embedding and hasattr(model, "get_input_embeddings"):
-        n -= model.get_input_embeddings().weight.numel()
+    if non_embedding:
+        n -= sum(p.numel() for name, p in model.named_parameters() if _is_position_embedding(name))
     return n
+
+
+def _is_position_embedding(name: str) -> bool:
+    return name.endswith(("wpe.weight", "position_embeddings.weight", "embed_positions.weight"))
