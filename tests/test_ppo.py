@@ -7,6 +7,7 @@ from dialogue_rl.algos.ppo import (
     AdaptiveKLController, FixedKLController, clipped_surrogate, gae, gather_actions, kl_penalized_rewards,
     masked_whiten, value_loss,
 )
+from envs.core import play_episode
 
 
 def test_gather_actions_skips_environment_tokens():
@@ -118,6 +119,57 @@ def test_online_iterations_update_the_policy_not_the_reference():
     assert all(torch.equal(a, b) for a, b in zip(learner.reference.parameters(), ref))
     assert any(not torch.equal(a, b) for a, b in zip(learner.model.parameters(), before))
     assert not any(p.requires_grad for p in learner.reference.parameters())
+
+
+def test_kl_limit_stops_the_epochs_once_the_estimate_reaches_it(monkeypatch):
+    from dialogue_rl.agents import banned_token_ids
+    from dialogue_rl.algos.ppo import PPO
+    from dialogue_rl.models.tokenizer import codec as make_codec
+    from dialogue_rl.train import TrainConfig
+
+    real_loss = PPO.loss
+
+    def loss_reading_kl_one(self, batch):  # the policy's KL estimate reads 1.0 on every minibatch
+        loss, m = real_loss(self, batch)
+        assert "kl_ref_update" in m
+        return loss, {**m, "kl_ref_update": 1.0}
+
+    monkeypatch.setattr(PPO, "loss", loss_reading_kl_one)
+    cfg = TrainConfig(steps=2, lr=1e-3, warmup_steps=0, log_every=1, checkpoint_every=10**6)
+    runs = {}
+    for limit in (0.0, 0.5, 2.0):
+        learner, tok = _ppo(rollouts=6, minibatch=3, epochs=3, max_utterance_tokens=8, kl_limit=limit)
+        c = make_codec(tok)
+        logged = []
+        learner.train_online("dialogue_rl/GuessWhich-v0", {}, c, tok.pad_token_id, cfg, torch.device("cpu"),
+                             banned_ids=banned_token_ids(c, tok), log_fn=lambda m, s: logged.append(m))
+        runs[limit] = [m["train/epochs_run"] for m in logged]
+    assert runs == {0.0: [3, 3], 0.5: [1, 1], 2.0: [3, 3]}
+    with pytest.raises(ValueError, match="kl_limit"):
+        _ppo(kl_target=2.0, kl_limit=1.0)
+
+
+def test_kl_estimate_of_the_update_is_zero_at_the_reference():
+    from dialogue_rl.data.views import collate_tokens, tokenize_dialogue
+    from dialogue_rl.models.tokenizer import codec as make_codec
+    from envs.guess_which import GuessWhichEnv
+
+    learner, tok = _ppo()
+    c = make_codec(tok)
+    env = GuessWhichEnv()
+    rows = [{"seed": s, "return": 0.0, "terminated": True,
+             "turns": [t.to_dict() for t in play_episode(env, env.policies()["novice"], s).turns]} for s in (0, 1)]
+    batch = learner.prepare(collate_tokens([tokenize_dialogue(r, c) for r in rows], tok.pad_token_id))
+    _, m = learner.loss(batch)
+    assert m["kl_ref_update"] == pytest.approx(0.0, abs=1e-5)
+    with torch.no_grad():  # move the policy: the estimate is sum_t (logp - logp_ref), episode mean
+        for p in learner.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    _, m = learner.loss(batch)
+    with torch.no_grad():
+        logp, mask = gather_actions(batch, learner._forward(batch)[0])
+    expected = ((logp - batch["ref_logp"]) * mask).sum(dim=1).mean()
+    assert m["kl_ref_update"] == pytest.approx(float(expected), rel=1e-5) and m["kl_ref_update"] != 0
 
 
 def test_learned_reward_sits_on_the_last_agent_token():

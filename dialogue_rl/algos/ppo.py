@@ -51,7 +51,10 @@ log-probs are those of the dialogue the env saw), computes ``old_logp``, ``logp_
 minibatch updates of ``L = mean(L^CLIP) + vf_coef * mean(L^V)`` on the policy and its
 value head (one shared backbone). The reference is a frozen copy of the initial model
 (the BC run). ``kl_target > 0`` adapts the coefficient with the controller above, on
-the mean per-episode KL ``sum_t (logp_old - logp_ref)``. Rewards come from the env, or
+the mean per-episode KL ``sum_t (logp_old - logp_ref)``. ``kl_limit > 0`` caps it: the
+epochs of an iteration stop after the first whose minibatches estimate the updated
+policy's per-episode KL ``sum_t (logp - logp_ref)`` (on the rollout's tokens) at or above
+the limit (as CleanRL's ``target_kl`` stops on the KL to the rollout policy). Rewards come from the env, or
 from a Bradley–Terry reward model (``reward_fn``: the dialogue's score on its last agent
 ``<eou>``, env rewards dropped).
 """
@@ -204,6 +207,7 @@ class PPO(Learner):
         kl_coef: float = 0.05,
         kl_target: float = 0.0,
         kl_horizon: int = 10_000,
+        kl_limit: float = 0.0,
         gamma: float = 1.0,
         lam: float = 0.95,
         clip_eps: float = 0.2,
@@ -228,6 +232,9 @@ class PPO(Learner):
         self.whiten, self.seed = whiten, seed
         self.kl = (AdaptiveKLController(kl_coef, kl_target, kl_horizon) if kl_target > 0
                    else FixedKLController(kl_coef))
+        if kl_limit < 0 or (kl_limit and kl_target > kl_limit):
+            raise ValueError(f"kl_limit={kl_limit}: must be 0 (off) or >= kl_target={kl_target}")
+        self.kl_limit = kl_limit
         self.register_buffer("kl_coef", torch.tensor(float(kl_coef)))  # saved with checkpoints
         self.v_head = make_head(hidden_size(model), 1, hidden)
         self.reference = copy.deepcopy(model)
@@ -289,8 +296,10 @@ class PPO(Learner):
             ratio = torch.exp(logp - batch["old_logp"])
             clipfrac = (((ratio - 1).abs() > self.clip_eps).float() * m).sum() / n
             approx_kl = ((batch["old_logp"] - logp) * m).sum() / n
+            # per-episode KL of the updated policy to the reference, on the rollout's tokens
+            kl_ref = ((logp - batch["ref_logp"]) * m).sum(dim=1).mean()
             metrics = {"loss": float(loss), "pg_loss": float(pg), "value_loss": float(vl),
-                       "clipfrac": float(clipfrac), "approx_kl": float(approx_kl)}
+                       "clipfrac": float(clipfrac), "approx_kl": float(approx_kl), "kl_ref_update": float(kl_ref)}
         return loss, metrics
 
     # ------------------------------------------------------------------ online loop
@@ -343,8 +352,11 @@ class PPO(Learner):
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(it, cfg)
             acc: dict[str, float] = {}
-            n_updates = 0
+            n_updates, stopped = 0, False
             for _ in range(self.epochs):
+                if stopped:
+                    break
+                epoch_kl: list[float] = []
                 for j in rng.permutation(len(prepared)):
                     optimizer.zero_grad(set_to_none=True)
                     loss, m = self.loss(prepared[int(j)])
@@ -357,12 +369,16 @@ class PPO(Learner):
                     n_updates += 1
                     for k, v in m.items():
                         acc[k] = acc.get(k, 0.0) + v
+                    epoch_kl.append(m["kl_ref_update"])
+                # kl_limit: no further epoch once this one's minibatches read the KL at the limit
+                stopped = bool(self.kl_limit) and float(np.mean(epoch_kl)) >= self.kl_limit
             kl = float(torch.cat([p["kl"] for p in prepared]).mean())
             score = float(torch.cat([p["score"] for p in prepared]).mean())
             self.kl_coef.fill_(self.kl.update(kl, len(examples)))
             metrics = {**{k: v / max(n_updates, 1) for k, v in acc.items()},
                        "episode_return": float(np.mean([r["return"] for r in rows])), "reward_score": score,
-                       "kl_to_ref": kl, "kl_coef": float(self.kl_coef), "lr": optimizer.param_groups[0]["lr"]}
+                       "kl_to_ref": kl, "kl_coef": float(self.kl_coef), "lr": optimizer.param_groups[0]["lr"],
+                       "epochs_run": n_updates / max(len(prepared), 1)}
             done = it + 1
             if log_fn and (done % cfg.log_every == 0 or done == cfg.steps):
                 log_fn({f"train/{k}": v for k, v in metrics.items()}, done)
