@@ -9,7 +9,7 @@ before any work starts. ``conf/train.yaml`` is the entry config of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -49,7 +49,15 @@ class EvalConfig:
 
 @dataclass
 class AlgoConfig:
+    """Every learner's config: its ``name`` (the learner), a ``label`` naming its runs and
+    report rows (default: the name; two configs of one learner need two labels), and its
+    own ``train`` / ``eval`` settings, applied over the run's by :func:`apply_algo_settings`
+    (an online learner counts ``train.steps`` in iterations and wants its own ``lr``)."""
+
     name: str = MISSING
+    label: str = "${.name}"
+    train: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -203,10 +211,42 @@ def register_configs() -> None:
         cs.store(group="algo", name=f"{name}_schema", node=schema)
 
 
+#: AlgoConfig keys that are not constructor arguments of the learner
+ALGO_META_KEYS = ("name", "label", "train", "eval")
+
+
 def algo_kwargs(algo_cfg: Any) -> dict[str, Any]:
-    """The learner's constructor arguments: the algo config without its name."""
+    """The learner's constructor arguments: the algo config without its meta keys."""
     from omegaconf import OmegaConf
 
     d = OmegaConf.to_container(algo_cfg, resolve=True) if not isinstance(algo_cfg, dict) else dict(algo_cfg)
-    d.pop("name", None)
+    for k in ALGO_META_KEYS:
+        d.pop(k, None)
     return d
+
+
+def apply_algo_settings(cfg: Any) -> Any:
+    """``cfg`` with ``algo.train`` merged over ``train`` and ``algo.eval`` over ``eval``
+    (the learner's own settings win; the run's schema validates their keys and types)."""
+    from omegaconf import OmegaConf
+
+    algo = cfg.get("algo") or {}
+    if not algo.get("train") and not algo.get("eval"):
+        return cfg
+    cfg = cfg.copy()
+    for part in ("train", "eval"):
+        if algo.get(part):
+            cfg[part] = OmegaConf.merge(cfg[part], algo[part])
+    return cfg
+    cfg = cfg.copy()
+    for part in ("train", "eval"):
+        extra = algo.get(part) or {}
+        if not extra:
+            continue
+        try:
+            cfg[part] = OmegaConf.merge(cfg[part], extra)
+        except (ConfigKeyError, ValidationError) as e:
+            raise AlgoSettingsError(
+                f"algo.{part}: {e.msg.splitlines()[0] if hasattr(e, 'msg') else e}; "
+                f"fix: use keys of the run's {part} section") from None
+    return cfg

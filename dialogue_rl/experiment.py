@@ -24,7 +24,7 @@ from dialogue_rl import checkpoint as ckpt
 from dialogue_rl import distributed
 from dialogue_rl.agents import LMAgent, max_context, SamplingConfig, ScriptedAgent, banned_token_ids
 from dialogue_rl.algos import LEARNERS, Learner
-from dialogue_rl.config import ConfigError, algo_kwargs
+from dialogue_rl.config import ConfigError, algo_kwargs, apply_algo_settings
 from dialogue_rl.data import ensure_dataset, load_dataset
 from dialogue_rl.data.generate import EVAL_SEED_OFFSET, DataConfig
 from dialogue_rl.evaluation import EvalResult, evaluate, make_env, render_episodes, write_samples
@@ -141,6 +141,7 @@ def run_training(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, An
 
 
 def _run_training(cfg: DictConfig, run_dir: Path, base_dir: Path, dist: distributed.DistContext):
+    cfg = apply_algo_settings(cfg)
     own, run_dir = run_dir, Path(dist.broadcast(str(run_dir)))  # ranks may compose different ${now:}
     if own != run_dir:
         _remove_hydra_only_dir(own)
@@ -209,12 +210,16 @@ def _write_run_results(run_dir: Path, logger: RunLogger, cfg: DictConfig, plain_
                        eval_summary: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
     """``results.json`` of a training run (DESIGN's contract), then close the logger."""
     results = {
-        "env_id": cfg.env.id, "algo": cfg.algo.name, "seed": int(cfg.seed), "config": plain_cfg,
+        "env_id": cfg.env.id, "algo": algo_label(cfg), "seed": int(cfg.seed), "config": plain_cfg,
         "eval": eval_summary, "train": train,
     }
     write_results(run_dir, results)
     logger.finish()
     return results
+
+
+#: ``algo.reward_model`` value of a PPO run that takes the reward model of its sweep
+SWEEP_REWARD_MODEL = "sweep"
 
 
 def _train_online(learner, tok, codec, cfg, device, run_dir, base_dir, logger, plain_cfg, dist, t0):
@@ -223,6 +228,13 @@ def _train_online(learner, tok, codec, cfg, device, run_dir, base_dir, logger, p
     if dist.enabled:
         raise ConfigError(f"algo={cfg.algo.name} trains online in one process; run it without torchrun")
     reward_fn = None
+    if learner.reward_model == SWEEP_REWARD_MODEL:
+        found = _sweep_sibling(cfg, run_dir, "reward_model")
+        if found is None:
+            raise ConfigError(f"algo.reward_model={SWEEP_REWARD_MODEL}: no finished "
+                              f"{run_dir.name.replace(f'_{algo_label(cfg)}_s', '_reward_model_s')} next to this run; "
+                              "sweep algo=reward_model first into the same sweep directory, or pass its run dir")
+        learner.reward_model = str(found)
     if getattr(learner, "reward_model", None):
         rm = load_saved_agent(learner.reward_model, base_dir, cfg.device)
         if rm.learner.name != "reward_model":
@@ -320,12 +332,23 @@ def _sweep_bc_run(cfg: DictConfig, run_dir: Path) -> Path | None:
     """
     if not getattr(LEARNERS.get(cfg.algo.name), "needs_bc_init", False):
         return None
-    sibling = run_dir.parent / run_dir.name.replace(f"_{cfg.algo.name}_s", "_bc_s")
-    if sibling != run_dir and (sibling / "results.json").exists():
-        log.info("%s starts from the BC run of its sweep: %s", cfg.algo.name, sibling)
+    sibling = _sweep_sibling(cfg, run_dir, "bc")
+    if sibling is not None:
+        log.info("%s starts from the BC run of its sweep: %s", algo_label(cfg), sibling)
         return sibling
-    raise ConfigError(f"algo={cfg.algo.name} samples candidates from a BC model: pass init_from=<BC run dir "
+    raise ConfigError(f"algo={cfg.algo.name} starts from a BC model: pass init_from=<BC run dir "
                       "or its checkpoints/step_*>, or sweep algo=bc first into the same sweep directory")
+
+
+def algo_label(cfg: DictConfig) -> str:
+    """The run's learner label (``algo.label``; the learner name when unset)."""
+    return cfg.algo.get("label") or cfg.algo.name
+
+
+def _sweep_sibling(cfg: DictConfig, run_dir: Path, label: str) -> Path | None:
+    """The finished run ``<data>_<label>_s<seed>`` next to this one in its sweep directory."""
+    sibling = run_dir.parent / run_dir.name.replace(f"_{algo_label(cfg)}_s", f"_{label}_s")
+    return sibling if sibling != run_dir and (sibling / "results.json").exists() else None
 
 
 def _init_from(model: torch.nn.Module, path: Path) -> None:

@@ -164,16 +164,25 @@ def parse_result(data: Any, path: Path) -> RunResult:
     )
 
 
-def load_result(path: str | Path) -> RunResult:
-    """Read and validate one ``results.json`` (its mtime is the run's end)."""
-    path = Path(path)
+def _read(path: Path) -> Any:
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ReportError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ReportError(f"{path}: cannot be read ({e})") from None
-    return dataclasses.replace(parse_result(data, path), finished_at=path.stat().st_mtime)
+
+
+def load_result(path: str | Path) -> RunResult:
+    """Read and validate one ``results.json`` (its mtime is the run's end)."""
+    path = Path(path)
+    return dataclasses.replace(parse_result(_read(path), path), finished_at=path.stat().st_mtime)
+
+
+def is_scorer_result(data: Any) -> bool:
+    """A run of a learner that does not act (the reward model): held-out metrics, no score."""
+    ev = data.get("eval") if isinstance(data, Mapping) else None
+    return isinstance(ev, Mapping) and "normalized_score" not in ev and "pair_accuracy" in ev
 
 
 def load_results(sweep_dir: str | Path) -> list[RunResult]:
@@ -184,7 +193,13 @@ def load_results(sweep_dir: str | Path) -> list[RunResult]:
     paths = sorted(root.rglob(RESULTS_FILE))
     if not paths:
         raise ReportError(f"{root}: no {RESULTS_FILE} found (is this a sweep directory?)")
-    return [load_result(p) for p in paths]
+    kept = []
+    for p in paths:
+        if is_scorer_result(_read(p)):  # e.g. the reward model a ppo_learned row trains against
+            log.info("%s: a non-acting run (held-out metrics only), not a table row", p)
+            continue
+        kept.append(p)
+    return [load_result(p) for p in kept]
 
 
 # ---------------------------------------------------------------------------- aggregation

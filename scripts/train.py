@@ -62,7 +62,8 @@ def finished_results(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
         return None
     try:
         results = json.loads(path.read_text())
-        float(results["eval"]["normalized_score"])
+        ev = results["eval"]
+        float(ev["normalized_score"] if "pair_accuracy" not in ev else ev["pair_accuracy"])
     except (ValueError, KeyError, TypeError) as e:
         log.warning("%s: unreadable (%s); running the job again", path, e)
         return None
@@ -80,8 +81,10 @@ def finished_results(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @guard
 def main(cfg: DictConfig) -> float | None:
+    from dialogue_rl.config import apply_algo_settings
     from dialogue_rl.experiment import run_training
 
+    cfg = apply_algo_settings(cfg)  # the learner's own train/eval settings (algo.train, algo.eval)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     results = finished_results(run_dir, cfg) if cfg.skip_finished else None
     if results is not None:

@@ -5,7 +5,7 @@ import torch
 
 from dialogue_rl.algos.ppo import (
     AdaptiveKLController, FixedKLController, clipped_surrogate, gae, gather_actions, kl_penalized_rewards,
-    masked_whiten, value_loss,
+    masked_whiten, state_kl, value_loss,
 )
 from envs.core import play_episode
 
@@ -144,12 +144,24 @@ def test_kl_limit_stops_the_epochs_once_the_estimate_reaches_it(monkeypatch):
         learner.train_online("dialogue_rl/GuessWhich-v0", {}, c, tok.pad_token_id, cfg, torch.device("cpu"),
                              banned_ids=banned_token_ids(c, tok), log_fn=lambda m, s: logged.append(m))
         runs[limit] = [m["train/epochs_run"] for m in logged]
-    assert runs == {0.0: [3, 3], 0.5: [1, 1], 2.0: [3, 3]}
+    assert runs == {0.0: [3, 3], 0.5: [0.5, 0.5], 2.0: [3, 3]}  # 0.5: one update of the two minibatches
     with pytest.raises(ValueError, match="kl_limit"):
         _ppo(kl_target=2.0, kl_limit=1.0)
 
 
-def test_kl_estimate_of_the_update_is_zero_at_the_reference():
+def test_state_kl_hand_computed_and_zero_at_the_reference():
+    # two episodes; agent tokens at positions 2 and 3 of row 0, position 1 of row 1
+    batch = {"action_mask": torch.tensor([[0, 0, 1, 1], [0, 1, 0, 0]], dtype=torch.bool)}
+    logits = torch.zeros(2, 4, 2)
+    ref = torch.zeros(2, 4, 2)
+    logits[0, 1] = torch.tensor([0.0, torch.log(torch.tensor(3.0))])  # p = (1/4, 3/4) vs (1/2, 1/2)
+    logits[0, 3] = torch.tensor([5.0, -5.0])  # position 3 predicts nothing: not counted
+    expected = 0.25 * torch.log(torch.tensor(0.5)) + 0.75 * torch.log(torch.tensor(1.5))
+    kl = state_kl(logits, ref, batch)
+    assert kl[0].item() == pytest.approx(expected.item(), rel=1e-6) and kl[1].item() == pytest.approx(0.0)
+
+
+def test_kl_of_the_update_is_zero_at_the_reference_and_matches_state_kl():
     from dialogue_rl.data.views import collate_tokens, tokenize_dialogue
     from dialogue_rl.models.tokenizer import codec as make_codec
     from envs.guess_which import GuessWhichEnv
@@ -160,16 +172,16 @@ def test_kl_estimate_of_the_update_is_zero_at_the_reference():
     rows = [{"seed": s, "return": 0.0, "terminated": True,
              "turns": [t.to_dict() for t in play_episode(env, env.policies()["novice"], s).turns]} for s in (0, 1)]
     batch = learner.prepare(collate_tokens([tokenize_dialogue(r, c) for r in rows], tok.pad_token_id))
+    assert torch.allclose(batch["kl"], torch.zeros(2), atol=1e-6)
     _, m = learner.loss(batch)
-    assert m["kl_ref_update"] == pytest.approx(0.0, abs=1e-5)
-    with torch.no_grad():  # move the policy: the estimate is sum_t (logp - logp_ref), episode mean
+    assert m["kl_ref_update"] == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():  # move the policy away from the reference
         for p in learner.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     _, m = learner.loss(batch)
     with torch.no_grad():
-        logp, mask = gather_actions(batch, learner._forward(batch)[0])
-    expected = ((logp - batch["ref_logp"]) * mask).sum(dim=1).mean()
-    assert m["kl_ref_update"] == pytest.approx(float(expected), rel=1e-5) and m["kl_ref_update"] != 0
+        expected = state_kl(learner._forward(batch)[2], learner._reference_logits(batch), batch).mean()
+    assert m["kl_ref_update"] == pytest.approx(float(expected), rel=1e-5) and m["kl_ref_update"] > 0
 
 
 def test_learned_reward_sits_on_the_last_agent_token():

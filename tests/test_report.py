@@ -226,9 +226,13 @@ def test_benchmark_presets_compose(preset):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"+experiment={preset}"], return_hydra_config=True)
         params = cfg.hydra.sweeper.params
-        names = {compose("train", overrides=[f"+experiment={preset}", f"algo={a}"]).algo.name
-                 for a in params.algo.split(",")}
-    assert names == {"bc", "filtered_bc", "ilql", "mc", "utterance_q"}  # every learner (variants keep the name)
+        algos = [compose("train", overrides=[f"+experiment={preset}", f"algo={a}"]).algo
+                 for a in params.algo.split(",")]
+    names, labels = {a.name for a in algos}, {a.label for a in algos}
+    assert {"bc", "filtered_bc", "ilql", "mc", "utterance_q"} <= names  # every offline learner
+    assert len(labels) == len(algos)  # one run directory and one report row each
+    if preset == "benchmark_full":  # the online and preference rows (too slow for the CPU presets)
+        assert {"reward_model", "ppo", "ppo_learned", "dpo"} <= labels
     assert cfg.skip_finished and cfg.resume
     assert params.env and params.seed is not None
     assert cfg.hydra.sweep.dir == f"multirun/{preset}"  # fixed, so a rerun resumes the same sweep
@@ -273,3 +277,34 @@ def test_train_cli_skips_a_finished_run(tmp_path):
     assert "skipping a finished run" in log and "finished with a different config" in log
     assert (run / "results.json").read_text() == fake and not (run / "checkpoints").exists()
     assert not (tmp_path / "data").exists()  # no work done
+
+
+def test_reward_model_runs_are_not_table_rows(tmp_path):
+    _write(tmp_path, "guess_which_bc_s0", _result(GW, "bc", 0, 50.0))
+    _write(tmp_path, "guess_which_reward_model_s0",
+           {"env_id": GW, "algo": "reward_model", "seed": 0, "eval": {"pair_accuracy": 0.9, "n_pairs": 10},
+            "train": {"steps": 5, "wall_s": 1.0}})
+    assert [r.algo for r in load_results(tmp_path)] == ["bc"]
+
+
+def test_ppo_config_brings_its_own_train_and_eval_settings():
+    from hydra import compose, initialize_config_dir
+
+    from dialogue_rl.cli import format_error
+    from dialogue_rl.config import apply_algo_settings, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        bc = compose("train", overrides=["algo=bc", "train.steps=200"])
+        ppo = compose("train", overrides=["algo=ppo", "train.steps=200"])
+        learned = compose("train", overrides=["algo=ppo_learned"])
+        bad = compose("train", overrides=["algo=ppo", "+algo.train.stepz=3"])
+    assert apply_algo_settings(bc) == bc and bc.algo.label == "bc"
+    merged = apply_algo_settings(ppo)
+    assert (merged.train.steps, merged.train.lr, merged.train.warmup_steps) == (30, 3e-5, 0)  # PPO iterations
+    assert merged.eval.greedy is False and merged.train.batch_size == ppo.train.batch_size
+    assert (learned.algo.name, learned.algo.label, learned.algo.reward_model) == ("ppo", "ppo_learned", "sweep")
+    assert learned.algo.seed == learned.seed  # rollouts follow the run seed
+    with pytest.raises(Exception) as e:
+        apply_algo_settings(bad)
+    assert format_error(e.value).startswith("config key 'train.stepz': unknown key of TrainConfig")

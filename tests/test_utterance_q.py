@@ -306,7 +306,7 @@ def test_long_histories_are_cut_to_the_position_table():
 def test_needs_a_bc_run_and_finds_the_one_of_its_sweep(tmp_path):
     from omegaconf import OmegaConf
 
-    from dialogue_rl.experiment import ConfigError, _sweep_bc_run
+    from dialogue_rl.experiment import ConfigError, _sweep_bc_run, _sweep_sibling
 
     uq = OmegaConf.create({"algo": {"name": "utterance_q"}})
     run = tmp_path / "guess_which_utterance_q_s1"
@@ -317,3 +317,11 @@ def test_needs_a_bc_run_and_finds_the_one_of_its_sweep(tmp_path):
     (bc / "results.json").write_text("{}")
     assert _sweep_bc_run(uq, run) == bc
     assert _sweep_bc_run(OmegaConf.create({"algo": {"name": "ilql"}}), tmp_path / "guess_which_ilql_s1") is None
+    # a labelled variant (conf/algo/ppo_learned.yaml) finds the BC run and the reward model of its sweep
+    learned = OmegaConf.create({"algo": {"name": "ppo", "label": "ppo_learned"}})
+    assert _sweep_bc_run(learned, tmp_path / "guess_which_ppo_learned_s1") == bc
+    assert _sweep_sibling(learned, tmp_path / "guess_which_ppo_learned_s1", "reward_model") is None
+    rm = tmp_path / "guess_which_reward_model_s1"
+    rm.mkdir()
+    (rm / "results.json").write_text("{}")
+    assert _sweep_sibling(learned, tmp_path / "guess_which_ppo_learned_s1", "reward_model") == rm

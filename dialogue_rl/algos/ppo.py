@@ -50,11 +50,20 @@ log-probs are those of the dialogue the env saw), computes ``old_logp``, ``logp_
 ``values`` once, the KL-penalised rewards and GAE, then runs ``epochs`` passes of
 minibatch updates of ``L = mean(L^CLIP) + vf_coef * mean(L^V)`` on the policy and its
 value head (one shared backbone). The reference is a frozen copy of the initial model
-(the BC run). ``kl_target > 0`` adapts the coefficient with the controller above, on
-the mean per-episode KL ``sum_t (logp_old - logp_ref)``. ``kl_limit > 0`` caps it: the
-epochs of an iteration stop after the first whose minibatches estimate the updated
-policy's per-episode KL ``sum_t (logp - logp_ref)`` (on the rollout's tokens) at or above
-the limit (as CleanRL's ``target_kl`` stops on the KL to the rollout policy). Rewards come from the env, or
+(the BC run). The KL to it that is logged (``kl_to_ref``), adapted and capped is the
+per-episode sum over the agent-token states of the exact KL over the vocabulary
+(``state_kl``):
+
+.. math::
+
+    KL = \\sum_t \\sum_a \\pi_\\theta(a|s_t) (\\log \\pi_\\theta(a|s_t) - \\log \\pi_{ref}(a|s_t))
+
+(its expectation over the rollout's states is the sequence KL; it has none of the noise of
+the sampled ``sum_t (logp_t - logp_ref_t)``, which still shapes the reward above).
+``kl_target > 0`` adapts the coefficient with the controller above on the rollout's mean
+KL. ``kl_limit > 0`` caps it: the updates of an iteration stop at the first minibatch
+whose KL (of the policy being updated, at the rollout's states) is at or above the limit
+(as CleanRL's ``target_kl`` stops on the KL to the rollout policy). Rewards come from the env, or
 from a Bradley–Terry reward model (``reward_fn``: the dialogue's score on its last agent
 ``<eou>``, env rewards dropped).
 """
@@ -71,6 +80,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dialogue_rl.algos.base import (
@@ -90,6 +100,18 @@ def gather_actions(batch: TokenBatch, per_state: torch.Tensor) -> tuple[torch.Te
     valid = torch.arange(t_max, device=mask.device)[None, :] < counts[:, None]
     out[valid] = per_state[mask]
     return out, valid
+
+
+def state_kl(logits: torch.Tensor, ref_logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+    """Per-episode ``sum_t KL(pi(.|s_t) || pi_ref(.|s_t))`` over the agent-token states
+    (exact over the vocabulary, ``[B]``): the KL to the reference that is reported, adapted
+    and capped, free of the sampling noise of ``sum_t (log pi(a_t) - log pi_ref(a_t))``."""
+    mask = shifted_action_mask(batch)
+    logp = F.log_softmax(logits[:, :-1][mask].float(), dim=-1)
+    ref = F.log_softmax(ref_logits[:, :-1][mask].float(), dim=-1)
+    per_state = (logp.exp() * (logp - ref)).sum(-1)
+    rows = torch.nonzero(mask, as_tuple=True)[0]
+    return per_state.new_zeros(mask.shape[0]).index_add(0, rows, per_state)
 
 
 def kl_penalized_rewards(
@@ -247,20 +269,24 @@ class PPO(Learner):
         return self
 
     # ------------------------------------------------------------------ per batch
-    def _forward(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-state ``log pi(a_{t+1}|s_t)`` and ``V(s_t)``, both ``[B, L-1]`` (and V ``[B, L]``)."""
+    def _forward(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-state ``log pi(a_{t+1}|s_t)`` ``[B, L-1]``, ``V(s_t)`` ``[B, L]`` and the logits."""
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          output_hidden_states=True)
         v = self.v_head(out.hidden_states[-1]).squeeze(-1).float()
-        return action_logprobs(out.logits, batch["input_ids"]), v
+        return action_logprobs(out.logits, batch["input_ids"]), v, out.logits
+
+    @torch.no_grad()
+    def _reference_logits(self, batch: TokenBatch) -> torch.Tensor:
+        return self.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     @torch.no_grad()
     def prepare(self, batch: TokenBatch, reward_fn: Callable[[TokenBatch], torch.Tensor] | None = None) -> TokenBatch:
         """Add the rollout quantities (compacted to agent tokens): ``old_logp``, ``ref_logp``,
         ``old_values``, ``adv``, ``returns``, ``mask``, ``kl`` (per-episode sums)."""
-        logp, v = self._forward(batch)
-        ref = action_logprobs(self.reference(input_ids=batch["input_ids"],
-                                             attention_mask=batch["attention_mask"]).logits, batch["input_ids"])
+        logp, v, logits = self._forward(batch)
+        ref_logits = self._reference_logits(batch)
+        ref = action_logprobs(ref_logits, batch["input_ids"])
         old_logp, mask = gather_actions(batch, logp)
         ref_logp, _ = gather_actions(batch, ref)
         values, _ = gather_actions(batch, v[:, :-1])
@@ -278,13 +304,13 @@ class PPO(Learner):
         adv, returns = gae(rewards, values, dones.bool(), mask, self.gamma, self.lam, last_values)
         if self.whiten:
             adv = masked_whiten(adv, mask)
-        kl = ((old_logp - ref_logp) * mask).sum(dim=1)
+        kl = state_kl(logits, ref_logits, batch)
         return {**batch, "old_logp": old_logp, "ref_logp": ref_logp, "old_values": values, "adv": adv,
                 "returns": returns, "mask": mask, "kl": kl, "score": (r_env * mask).sum(dim=1)}
 
     def loss(self, batch: TokenBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """The PPO loss of a prepared minibatch (:meth:`prepare`)."""
-        logp_all, v_all = self._forward(batch)
+        logp_all, v_all, logits = self._forward(batch)
         logp, mask = gather_actions(batch, logp_all)
         values, _ = gather_actions(batch, v_all[:, :-1])
         m = mask.float()
@@ -296,8 +322,8 @@ class PPO(Learner):
             ratio = torch.exp(logp - batch["old_logp"])
             clipfrac = (((ratio - 1).abs() > self.clip_eps).float() * m).sum() / n
             approx_kl = ((batch["old_logp"] - logp) * m).sum() / n
-            # per-episode KL of the updated policy to the reference, on the rollout's tokens
-            kl_ref = ((logp - batch["ref_logp"]) * m).sum(dim=1).mean()
+            # per-episode KL of the policy being updated to the reference, at the rollout's states
+            kl_ref = state_kl(logits, self._reference_logits(batch), batch).mean()
             metrics = {"loss": float(loss), "pg_loss": float(pg), "value_loss": float(vl),
                        "clipfrac": float(clipfrac), "approx_kl": float(approx_kl), "kl_ref_update": float(kl_ref)}
         return loss, metrics
@@ -356,7 +382,6 @@ class PPO(Learner):
             for _ in range(self.epochs):
                 if stopped:
                     break
-                epoch_kl: list[float] = []
                 for j in rng.permutation(len(prepared)):
                     optimizer.zero_grad(set_to_none=True)
                     loss, m = self.loss(prepared[int(j)])
@@ -369,9 +394,10 @@ class PPO(Learner):
                     n_updates += 1
                     for k, v in m.items():
                         acc[k] = acc.get(k, 0.0) + v
-                    epoch_kl.append(m["kl_ref_update"])
-                # kl_limit: no further epoch once this one's minibatches read the KL at the limit
-                stopped = bool(self.kl_limit) and float(np.mean(epoch_kl)) >= self.kl_limit
+                    # kl_limit: no further update once a minibatch reads the policy at the limit
+                    if self.kl_limit and m["kl_ref_update"] >= self.kl_limit:
+                        stopped = True
+                        break
             kl = float(torch.cat([p["kl"] for p in prepared]).mean())
             score = float(torch.cat([p["score"] for p in prepared]).mean())
             self.kl_coef.fill_(self.kl.update(kl, len(examples)))
