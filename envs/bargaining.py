@@ -170,7 +170,7 @@ class PartnerProfile:
     gap: float
 
     @classmethod
-    def sample(cls, kind: str, partner_role: str, u: np.ndarray, max_turns: int) -> PartnerProfile:
+    def sample(cls, kind: str, partner_role: str, u: Sequence[float], max_turns: int) -> PartnerProfile:
         """Draw a profile from four uniforms ``u`` in [0, 1)."""
         lerp = lambda lo, hi, x: lo + (hi - lo) * float(x)  # noqa: E731
         if kind == "patient":
@@ -254,7 +254,7 @@ class BargainingEnv(DialogueEnv):
 
     # ------------------------------------------------------------------ hooks
     def _new_episode(self, options: dict[str, Any] | None) -> list[str]:
-        u = self.np_random.random(7)
+        u = self.np_random.random(7).tolist()
         self._category = _CATEGORY_NAMES[int(u[0] * len(_CATEGORY_NAMES))]
         lo, hi = CATEGORIES[self._category]
         raw = math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * float(u[1]))

@@ -35,6 +35,10 @@ from gymnasium import spaces
 #: digits, space, basic punctuation and newline (newline only separates turns).
 CHARSET: str = string.ascii_lowercase + string.digits + " .,?!'-:;$%/()=\n"
 _NOT_CHARSET = re.compile("[^" + re.escape(CHARSET.replace("\n", "")) + "]+")
+_WORD_CHARS = "[" + re.escape(CHARSET.replace("\n", "").replace(" ", "")) + "]+"
+#: Text that :func:`sanitize` returns unchanged (up to its length limit): charset-only
+#: words separated by single spaces.
+_SANITIZED = re.compile(f"{_WORD_CHARS}(?: {_WORD_CHARS})*")
 
 AGENT = "agent"
 """Speaker tag of the agent (the learner's side)."""
@@ -94,6 +98,8 @@ def sanitize(text: Any, max_chars: int = MAX_UTTERANCE_CHARS) -> str:
         return ""
     if not isinstance(text, str):
         text = str(text)
+    if len(text) <= max_chars and _SANITIZED.fullmatch(text):
+        return text  # already sanitised (the common case: scripted and env utterances)
     # Cut before the regex so 100k-character inputs stay cheap.
     cleaned = _NOT_CHARSET.sub(" ", text[: 4 * max_chars].lower())
     return " ".join(cleaned.split())[:max_chars].strip()

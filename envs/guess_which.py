@@ -75,6 +75,17 @@ _FEATURE_TABLE[np.arange(N_OBJECT_TYPES)[:, None], _ATTR_TABLE[:-1] + np.asarray
 _FEATURE_TABLE[:N_OBJECT_TYPES, VALID] = True
 _FEATURE_TABLE.flags.writeable = False
 _ATTR_TABLE.flags.writeable = False
+#: ``_ATTR_TABLE`` as Python ints, for per-object work outside numpy.
+_ATTR_ROWS: tuple[tuple[int, ...], ...] = tuple(tuple(row) for row in _ATTR_TABLE.tolist())
+#: Slot indices of a scene (the first ``n`` slots hold its ``n`` objects).
+_SLOTS = np.arange(MAX_OBJECTS)
+_SLOTS.flags.writeable = False
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """``a``, made read-only (module tables)."""
+    a.flags.writeable = False
+    return a
 
 
 def gid(attr: str, value: str) -> int:
@@ -128,7 +139,7 @@ def sample_scenes(rng: np.random.Generator, n: int, n_objects: np.ndarray | None
     if n_objects is None:
         n_objects = rng.integers(1, MAX_OBJECTS + 1, size=n)
     codes = rng.integers(0, N_OBJECT_TYPES, size=(n, MAX_OBJECTS), dtype=np.int16)
-    absent = np.arange(MAX_OBJECTS)[None, :] >= np.asarray(n_objects)[:, None]
+    absent = _SLOTS >= np.asarray(n_objects)[:, None]
     codes[absent] = EMPTY
     return codes
 
@@ -141,8 +152,13 @@ def _scene_key(scene: np.ndarray) -> tuple[int, ...]:
 def filter_table(filt: Sequence[int]) -> np.ndarray:
     """``(N_OBJECT_TYPES + 1,)`` bool: which object codes match ``filt`` (EMPTY never does).
 
-    Memoised per filter (a pure function of it; the result is read-only)."""
-    return _filter_table(tuple(int(g) for g in filt))
+    Precomputed for the grammar's filters (:data:`_GRAMMAR_MATCH`), memoised for others
+    (a pure function of the filter; the result is read-only)."""
+    filt = tuple(int(g) for g in filt)
+    row = _GRAMMAR_FILTER_ROW.get(filt)
+    if row is None:
+        return _filter_table(filt)
+    return _GRAMMAR_MATCH_BOOL[row]
 
 
 @functools.lru_cache(maxsize=8192)
@@ -150,6 +166,33 @@ def _filter_table(filt: tuple[int, ...]) -> np.ndarray:
     out = _FEATURE_TABLE[:, list(filt) + [VALID]].all(axis=-1)
     out.flags.writeable = False
     return out
+
+
+def _filters_upto(k: int) -> list[tuple[int, ...]]:
+    """Every filter with at most ``k`` attributes, sorted."""
+    out: list[tuple[int, ...]] = [()]
+    for r in range(1, k + 1):
+        for attrs in itertools.combinations(range(N_ATTRS), r):
+            for vals in itertools.product(*(range(N_VALUES[a]) for a in attrs)):
+                out.append(tuple(OFFSETS[a] + v for a, v in zip(attrs, vals)))
+    return out
+
+
+def _match_all(filters: Sequence[tuple[int, ...]]) -> np.ndarray:
+    """``(len(filters), N_OBJECT_TYPES + 1)`` uint8: ``filter_table`` of each filter, in one go
+    (an object matches when it has every value of the filter and is present)."""
+    wanted = np.zeros((len(filters), N_FEATURES + 1), dtype=np.int64)
+    for i, f in enumerate(filters):
+        wanted[i, list(f) + [VALID]] = 1
+    missing = wanted @ (~_FEATURE_TABLE).T.astype(np.int64)  # wanted features an object lacks
+    return _readonly((missing == 0).astype(np.uint8))
+
+
+#: The match table of every filter the question grammar can express (at most one value per
+#: attribute: 1296 x 289 bytes), its bool view and the row of each filter.
+_GRAMMAR_FILTER_ROW: dict[tuple[int, ...], int] = {f: i for i, f in enumerate(_filters_upto(N_ATTRS))}
+_GRAMMAR_MATCH = _match_all(list(_GRAMMAR_FILTER_ROW))
+_GRAMMAR_MATCH_BOOL = _readonly(_GRAMMAR_MATCH.view(bool))
 
 
 def matches(scenes: np.ndarray, filt: Sequence[int]) -> np.ndarray:
@@ -219,20 +262,73 @@ def answer_set(q: Question) -> tuple[int, ...]:
 
 
 def answer_ids(scenes: np.ndarray, q: Question) -> np.ndarray:
-    """The answerer's (noise-free) answer id to ``q`` for each scene of ``scenes`` ``(..., 5)``."""
-    matched = matches(scenes, q.filter)
-    c = matched.sum(axis=-1)
+    """The answerer's (noise-free) answer id to ``q`` for each scene of ``scenes`` ``(..., 5)``.
+
+    * ``exist``: yes when some object matches the filter, else no;
+    * ``count``: the number of matching objects;
+    * ``query``: no such object when none matches, the value of ``attr`` when all matching
+      objects share it, else "i can not tell.";
+    * ``verify``: no such object when none matches, yes when every matching object has
+      ``value``, no when none has it, else "i can not tell.".
+
+    Three lookups (:func:`_answer_lookup`): a per-object table over the scenes' codes, a
+    reduction over each scene's objects, an answer table over the reduced values.
+    """
+    per_object, combine, answer = _answer_lookup(q)
+    return answer.take(combine.reduce(per_object.take(scenes), axis=-1))
+
+
+def _answer_lookup(q: Question) -> tuple[np.ndarray, np.ufunc, np.ndarray]:
+    """The answerer of ``q`` as lookups ``(per_object, combine, answer)``.
+
+    Every object code maps to a small integer (``per_object``, uint8, EMPTY to 0), a
+    scene's objects are combined by ``combine`` (``np.add``: a count; ``np.bitwise_or``:
+    a bit set) and the combined value maps to the answer id (``answer``; int64, int8 for
+    ``query``):
+
+    * ``exist``: 1 per matching object, or-ed; ``count``: the same, added;
+    * ``query``: ``1 << v`` per matching object with value ``v`` of ``attr``, or-ed: no
+      bit is "no such object", one bit that value, more bits "i can not tell.";
+    * ``verify``: 1 per matching object without ``value``, 2 per one with it, or-ed.
+    """
+    matched = _match_table(tuple(q.filter))
     if q.kind == EXIST:
-        return np.where(c > 0, YES, NO)
+        return matched, np.bitwise_or, _EXIST_ANSWER
     if q.kind == COUNT:
-        return COUNT0 + c
+        return matched, np.add, _COUNT_ANSWER
     if q.kind == QUERY:
-        vals = _ATTR_TABLE[:, q.attr][scenes]
-        hi = np.where(matched, vals, -1).max(axis=-1)
-        lo = np.where(matched, vals, MAX_OBJECTS * 10).min(axis=-1)
-        return np.where(c == 0, NO_SUCH, np.where(hi == lo, VALUE_ANSWER0 + OFFSETS[q.attr] + hi, CANT_TELL))
-    cv = (matched & matches(scenes, (q.value,))).sum(axis=-1)
-    return np.where(c == 0, NO_SUCH, np.where(cv == c, YES, np.where(cv == 0, NO, CANT_TELL)))
+        return matched * _VALUE_BIT[q.attr], np.bitwise_or, _QUERY_ANSWER[q.attr]
+    return matched << _match_table((q.value,)), np.bitwise_or, _VERIFY_ANSWER
+
+
+def _match_table(filt: tuple[int, ...]) -> np.ndarray:
+    """:func:`filter_table` as uint8 (read-only): a row of :data:`_GRAMMAR_MATCH` for the
+    grammar's filters, else computed."""
+    row = _GRAMMAR_FILTER_ROW.get(filt)
+    if row is None:
+        return _readonly(filter_table(filt).astype(np.uint8))
+    return _GRAMMAR_MATCH[row]
+
+
+def _query_answer(attr: int) -> np.ndarray:
+    """``query`` of ``attr``: the bit set of the matching objects' values -> answer id
+    (int8, the dtype these answers always had: they came from the int8 value table)."""
+    out = np.full(1 << N_VALUES[attr], CANT_TELL, dtype=np.int8)
+    out[0] = NO_SUCH
+    for v in range(N_VALUES[attr]):
+        out[1 << v] = VALUE_ANSWER0 + OFFSETS[attr] + v
+    return _readonly(out)
+
+
+_EXIST_ANSWER = _readonly(np.array([NO, YES], dtype=np.int64))
+_COUNT_ANSWER = _readonly(COUNT0 + np.arange(MAX_OBJECTS + 1, dtype=np.int64))
+_VERIFY_ANSWER = _readonly(np.array([NO_SUCH, NO, YES, CANT_TELL], dtype=np.int64))
+_QUERY_ANSWER: tuple[np.ndarray, ...] = tuple(_query_answer(a) for a in range(N_ATTRS))
+#: ``_VALUE_BIT[a, code]``: ``1 << (value index of attribute a)`` of the object code, 0 for
+#: EMPTY (uint8: every attribute has at most 8 values).
+_VALUE_BIT = _readonly(np.ascontiguousarray(
+    np.where(_ATTR_TABLE.T >= 0, 1 << np.maximum(_ATTR_TABLE.T, 0).astype(np.int64), 0), dtype=np.uint8
+))
 
 
 # ----------------------------------------------------------------------- grammar
@@ -254,11 +350,17 @@ _FILLERS = frozenset({
     "it", "its", "have", "has", "you", "made", "please", "that", "this", "with",
 })
 _OTHER_KEYWORDS = frozenset({"how", "many", "what", "which", "where"})
+#: Words that name the object of a ``verify`` question: nouns and shapes.
+_NOUN_WORDS = _NOUNS | {w for w, g in _VALUE_WORD.items() if VALUE_ATTR[g] == SHAPE}
 #: Every word the question parser accepts.
 GRAMMAR_WORDS: frozenset[str] = frozenset(
     set(_SYNONYMS) | set(_VALUE_WORD) | set(_ATTR_NAME)
     | _NOUNS | _EXIST_MARKERS | _AUX | _FILLERS | _OTHER_KEYWORDS
 )
+#: Every grammar word -> its normal form (the synonym's target, or the word itself).
+_CANONICAL: dict[str, str] = {
+    w: _SYNONYMS.get(w, w) for w in GRAMMAR_WORDS if _SYNONYMS.get(w, w) in GRAMMAR_WORDS
+}
 
 
 def _filter_of(values: Sequence[int]) -> tuple[int, ...] | None:
@@ -290,11 +392,13 @@ def parse_question(text: str) -> Question | None:
     Every other value word belongs to the filter; at most one value per attribute.
     So "are there any red things?" parses exactly like "is there a red object?".
     """
-    ws = [_SYNONYMS.get(w, w) for w in words(text)]
-    if not ws or any(w not in GRAMMAR_WORDS for w in ws):
+    try:
+        ws = [_CANONICAL[w] for w in words(text)]
+    except KeyError:  # a word outside the grammar
         return None
-    values = [(i, _VALUE_WORD[w]) for i, w in enumerate(ws) if w in _VALUE_WORD]
-    ids = [g for _, g in values]
+    if not ws:
+        return None
+    ids = [_VALUE_WORD[w] for w in ws if w in _VALUE_WORD]
     attr_names = [_ATTR_NAME[w] for w in ws if w in _ATTR_NAME]
     if "how" in ws:
         i = ws.index("how")
@@ -316,18 +420,17 @@ def parse_question(text: str) -> Question | None:
         return None if f is None else Question(QUERY, f, attr=attr_names[0])
     if attr_names or ws[0] not in _AUX:
         return None
-    if any(w in _EXIST_MARKERS for w in ws):
+    if not _EXIST_MARKERS.isdisjoint(ws):
         f = _filter_of(ids)
         return None if f is None else Question(EXIST, f)
-    if "the" not in ws or not values:
+    if "the" not in ws or not ids:
         return None
-    shape_words = {w for w, g in _VALUE_WORD.items() if VALUE_ATTR[g] == SHAPE}
-    nouns = [i for i, w in enumerate(ws) if w in _NOUNS or w in shape_words]
-    pred_pos, pred = values[-1]
-    if not nouns or pred_pos <= nouns[0]:
+    first_noun = next((i for i, w in enumerate(ws) if w in _NOUN_WORDS), None)
+    pred_pos = max(i for i, w in enumerate(ws) if w in _VALUE_WORD)
+    if first_noun is None or pred_pos <= first_noun:
         return None
     f = _filter_of(ids[:-1])
-    return None if f is None else Question(VERIFY, f, value=pred)
+    return None if f is None else Question(VERIFY, f, value=ids[-1])
 
 
 def noun_phrase(filt: Sequence[int], plural: bool = False) -> str:
@@ -368,12 +471,28 @@ def render_question(q: Question) -> str:
 
 
 # ------------------------------------------------------------------------ caption
+def _choose_distinct(rng: np.random.Generator, n: int, k: int) -> list[int]:
+    """``rng.choice(n, size=k, replace=False)`` as a list, drawing the same numbers.
+
+    For ``k == 1`` ``choice`` (Floyd's algorithm) makes one bounded draw in ``[0, n)``,
+    exactly what ``rng.integers(n)`` draws, at a fraction of the cost.
+    """
+    if k == 1:
+        return [int(rng.integers(n))]
+    return [int(a) for a in rng.choice(n, size=k, replace=False)]
+
+
 #: Probability that the caption states the number of objects.
 CAPTION_COUNT_PROB = 0.25
 #: The number of attributes the caption gives of its object: uniform over these.
 CAPTION_N_ATTRS: tuple[int, ...] = (1,)
 #: Words of the caption templates besides value words.
 CAPTION_WORDS: tuple[str, ...] = ("a", "an", "picture", "of", "with", "object", "objects", "one", "is")
+#: ``_LOG_FRACTION[m, n] == np.log(m / n)`` for ``0 <= m, n <= MAX_OBJECTS`` (``-inf`` for
+#: ``m = 0``), a table so that the caption likelihood needs no ``np.errstate``.
+with np.errstate(divide="ignore", invalid="ignore"):
+    _LOG_FRACTION = np.log(np.arange(MAX_OBJECTS + 1)[:, None] / np.arange(MAX_OBJECTS + 1)[None, :])
+_LOG_FRACTION.flags.writeable = False
 _CAPTION_RE = re.compile(r"^a picture (?:of ([0-9]) objects?, (?:one is )?|with )(an? [a-z ]+)\.$")
 
 
@@ -417,19 +536,18 @@ class Caption:
 
     @classmethod
     def sample(cls, rng: np.random.Generator, scene: np.ndarray) -> Caption:
-        present = [int(c) for c in scene if c != EMPTY]
+        present = [c for c in scene.tolist() if c != EMPTY]
         stated = bool(rng.random() < CAPTION_COUNT_PROB)
-        obj = _ATTR_TABLE[present[int(rng.integers(len(present)))]]
+        obj = _ATTR_ROWS[present[int(rng.integers(len(present)))]]
         k = CAPTION_N_ATTRS[int(rng.integers(len(CAPTION_N_ATTRS)))]
-        attrs = rng.choice(N_ATTRS, size=k, replace=False)
-        return cls(len(present) if stated else None, tuple(sorted(OFFSETS[a] + int(obj[a]) for a in attrs)))
+        attrs = _choose_distinct(rng, N_ATTRS, k)
+        return cls(len(present) if stated else None, tuple(sorted(OFFSETS[a] + obj[a] for a in attrs)))
 
     def loglik(self, scenes: np.ndarray) -> np.ndarray:
         """``log P(caption | scene)`` up to a constant, for ``scenes`` ``(..., 5)``."""
-        n = (scenes != EMPTY).sum(axis=-1)
-        m = matches(scenes, self.description).sum(axis=-1)
-        with np.errstate(divide="ignore"):
-            ll = np.log(m / n)
+        n = np.add.reduce(scenes != EMPTY, axis=-1)  # ufunc.reduce: ndarray.sum without its wrapper
+        m = np.add.reduce(matches(scenes, self.description), axis=-1)
+        ll = _LOG_FRACTION[m, n]  # np.log(m / n)
         if self.count is not None:
             ll = np.where(n == self.count, ll, -np.inf)
         return ll
@@ -466,10 +584,31 @@ def percentile_of(ll: np.ndarray, target: int) -> float:
     k = ll.shape[0]
     if k < 2:
         return 1.0
-    d = ll - ll[target]
-    lower = int(np.count_nonzero(d < -TIE_TOL))
-    tied = int(np.count_nonzero(np.abs(d) <= TIE_TOL)) - 1
+    if k <= _SMALL_POOL:
+        lower, tied = _lower_and_tied(ll.tolist(), target)
+    else:
+        d = ll - ll[target]
+        lower = int(np.count_nonzero(d < -TIE_TOL))
+        # the tied are those within TIE_TOL (``|d| <= TIE_TOL``): the rest of ``d <= TIE_TOL``
+        tied = int(np.count_nonzero(d <= TIE_TOL)) - lower - 1
     return (lower + 0.5 * tied) / (k - 1)
+
+
+#: Pools up to this size are ranked in plain Python (numpy's per-call overhead dominates there).
+_SMALL_POOL = 64
+
+
+def _lower_and_tied(ll: list[float], target: int) -> tuple[int, int]:
+    """:func:`percentile_of`'s counts over a list: the others strictly lower, the others tied."""
+    t = ll[target]
+    lower = tied = 0
+    for x in ll:
+        d = x - t  # the same float64 arithmetic as numpy's
+        if d < -TIE_TOL:
+            lower += 1
+        elif d <= TIE_TOL:
+            tied += 1
+    return lower, tied - 1
 
 
 class PoolRanker:
@@ -531,7 +670,7 @@ def sample_setup(rng: np.random.Generator, pool_size: int) -> EpisodeSetup:
     pool = sample_scenes(rng, pool_size)
     # Fast path: sorted code rows are the scenes' multisets (EMPTY sorts last); when they are
     # all distinct the loop below would draw nothing, so it is skipped (same random stream).
-    keys = np.sort(pool, axis=1).astype(np.int64) @ _KEY_WEIGHTS
+    keys = np.sort(pool, axis=1) @ _KEY_WEIGHTS  # int16 @ int64: exact int64 keys
     if len(set(keys.tolist())) < pool_size:
         _resample_duplicates(rng, pool)
     target = int(rng.integers(pool_size))
@@ -1013,16 +1152,6 @@ class NoviceQuestioner:
 
 
 # ------------------------------------------------------------- question bank
-def _filters_upto(k: int) -> list[tuple[int, ...]]:
-    """Every filter with at most ``k`` attributes, sorted."""
-    out: list[tuple[int, ...]] = [()]
-    for r in range(1, k + 1):
-        for attrs in itertools.combinations(range(N_ATTRS), r):
-            for vals in itertools.product(*(range(N_VALUES[a]) for a in attrs)):
-                out.append(tuple(OFFSETS[a] + v for a, v in zip(attrs, vals)))
-    return out
-
-
 class QuestionBank:
     """A fixed list of candidate questions and their vectorised answerer.
 

@@ -98,13 +98,17 @@ _COUNTS: tuple[Split, ...] = tuple(
 )
 
 
+#: Every value vector with entries 0..10, in ``itertools.product`` order.
+_VALUE_GRID = np.array(list(itertools.product(range(TOTAL_VALUE + 1), repeat=3)), dtype=np.int64)
+_VALUE_GRID.setflags(write=False)
+
+
 @functools.lru_cache(maxsize=None)
 def value_vectors(counts: Split) -> tuple[Split, ...]:
-    """Every non-negative integer value vector whose total over ``counts`` is 10."""
-    return tuple(
-        v for v in itertools.product(range(TOTAL_VALUE + 1), repeat=3)  # type: ignore[misc]
-        if sum(c * x for c, x in zip(counts, v)) == TOTAL_VALUE
-    )
+    """Every non-negative integer value vector whose total over ``counts`` is 10 (in
+    ``itertools.product`` order)."""
+    rows = _VALUE_GRID[_VALUE_GRID @ np.asarray(counts, dtype=np.int64) == TOTAL_VALUE]
+    return tuple(_t(v) for v in rows.tolist())
 
 
 @functools.lru_cache(maxsize=None)
@@ -121,9 +125,8 @@ def partner_candidates(counts: Split, values: Split) -> np.ndarray:
 
     Every item type must be worth something to at least one side.
     """
-    arr = np.array(
-        [w for w in value_vectors(counts) if all(v + x > 0 for v, x in zip(values, w))], dtype=np.int64
-    ).reshape(-1, 3)
+    ws = np.array(value_vectors(counts), dtype=np.int64).reshape(-1, 3)
+    arr = ws[(ws + np.asarray(values, dtype=np.int64) > 0).all(axis=1)]
     arr.setflags(write=False)
     return arr
 
@@ -134,7 +137,7 @@ def sample_scenario(rng: np.random.Generator) -> tuple[Split, Split, Split]:
     Uniform over counts, then over the agent's value vectors, then over the partner's
     compatible value vectors (one ``rng.random`` draw).
     """
-    u = rng.random(3)
+    u = rng.random(3).tolist()
     counts = _COUNTS[int(u[0] * len(_COUNTS))]
     vs = value_vectors(counts)
     values = vs[int(u[1] * len(vs))]
@@ -158,15 +161,22 @@ def _split_index(counts: Split, take: Sequence[int]) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _partner_value_table(counts: Split, partner_values: Split) -> tuple[np.ndarray, np.ndarray]:
-    """The partner's value of the complement of every agent take in :func:`splits`, and
-    its preference key for counter-offers (its value first, then items left to the agent)."""
+def _partner_value_table(counts: Split, partner_values: Split) -> tuple[np.ndarray, np.ndarray, int]:
+    """The partner's value of the complement of every agent take in :func:`splits`, its
+    preference key for counter-offers (its value first, then items left to the agent),
+    and the largest value."""
     s = splits(counts)
     pv = (np.asarray(counts) - s) @ np.asarray(partner_values)
     key = pv * 10 + s.sum(axis=1)
     pv.setflags(write=False)
     key.setflags(write=False)
-    return pv, key
+    return pv, key, int(pv.max())
+
+
+@functools.lru_cache(maxsize=None)
+def _split_tuples(counts: Split) -> tuple[Split, ...]:
+    """:func:`splits` as tuples of Python ints."""
+    return tuple(_t(row) for row in splits(counts).tolist())
 
 
 # ---------------------------------------------------------------------- text forms
@@ -487,9 +497,9 @@ class DealOrNoDealEnv(DialogueEnv):
         self._values: Split = (0, 0, 0)
         self._partner_values: Split = (0, 0, 0)
         self._profile = PartnerProfile("fair", 7.0, 5.0, 1.0, False)
-        self._splits = splits((1, 1, 1))
         self._pv = np.zeros(0)
         self._pref = np.zeros(0)
+        self._pv_max = 0
         self._level = 0.0
         self._standing: Split | None = None
         self._last_request: Split | None = None
@@ -499,7 +509,7 @@ class DealOrNoDealEnv(DialogueEnv):
     def _new_episode(self, options: dict[str, Any] | None) -> list[str]:
         rng = self.np_random
         self._counts, self._values, self._partner_values = sample_scenario(rng)
-        u = rng.random(2)
+        u = rng.random(2).tolist()
         kind = self.partner_type
         if options:
             self._apply_options(options)
@@ -508,10 +518,9 @@ class DealOrNoDealEnv(DialogueEnv):
                 raise ValueError(f"options['partner_type']={kind!r}: expected 'mixed' or one of {PARTNER_TYPES}")
         if kind == "mixed":
             kind = PARTNER_TYPES[int(u[0] * len(PARTNER_TYPES))]
-        self._profile = PartnerProfile.sample(kind, float(u[1]))
-        self._splits = splits(self._counts)
-        self._pv, self._pref = _partner_value_table(self._counts, self._partner_values)
-        self._level = min(self._profile.start, float(self._pv.max()))
+        self._profile = PartnerProfile.sample(kind, u[1])
+        self._pv, self._pref, self._pv_max = _partner_value_table(self._counts, self._partner_values)
+        self._level = min(self._profile.start, float(self._pv_max))
         self._standing = None
         self._last_request = None
         self._partner_selection = None
@@ -591,11 +600,10 @@ class DealOrNoDealEnv(DialogueEnv):
         key = self._pref
         if self._last_request is not None:
             key = key - _denied_table(self._counts)[_split_index(self._counts, self._last_request)]
-        if self._level <= pv.max():
+        if self._level <= self._pv_max:
             key = np.where(pv >= self._level - 1e-9, key, -(10**9))
-        row = self._splits[int(key.argmax())]
-        take = (int(row[0]), int(row[1]), int(row[2]))
-        self._standing = take  # type: ignore[assignment]
+        take = _split_tuples(self._counts)[int(key.argmax())]
+        self._standing = take
         return Reply(proposal_text(self._complement(take), self._counts))
 
     def _agent_selects(self, take: Split) -> Reply:
@@ -610,7 +618,7 @@ class DealOrNoDealEnv(DialogueEnv):
 
     def _best_for_partner(self) -> Split:
         i = int(np.argmax(self._pref))
-        return self._complement(tuple(int(x) for x in self._splits[i]))
+        return self._complement(_split_tuples(self._counts)[i])
 
     def _final(self, parsed: Parsed, utterance: str) -> Reply:
         """The partner has selected; the agent's utterance is read as its selection."""
