@@ -167,6 +167,7 @@ class PPOConfig(AlgoConfig):
     max_utterance_tokens: int = 32
     whiten: bool = True
     hidden: int = 0
+    detach_value: bool = False  # the value loss does not train the shared backbone
     seed: int = 0
     reward_model: Optional[str] = None  # a reward_model run dir: its score replaces the env reward
 

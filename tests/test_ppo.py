@@ -184,6 +184,17 @@ def test_kl_of_the_update_is_zero_at_the_reference_and_matches_state_kl():
     assert m["kl_ref_update"] == pytest.approx(float(expected), rel=1e-5) and m["kl_ref_update"] > 0
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_value_keeps_the_value_loss_out_of_the_backbone(detach):
+    learner, tok = _ppo(detach_value=detach)
+    ids = torch.tensor([[tok.bos_token_id or 0, 5, 6, 7]])
+    _, v, _ = learner._forward({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    v.sum().backward()
+    backbone = [p.grad for p in learner.model.transformer.h.parameters()]
+    assert all(p.grad is not None for p in learner.v_head.parameters())
+    assert all(g is None for g in backbone) == detach
+
+
 def test_learned_reward_sits_on_the_last_agent_token():
     learner, tok = _ppo(kl_coef=0.0, whiten=False, gamma=1.0, lam=1.0)
     from dialogue_rl.data.views import collate_tokens, tokenize_dialogue

@@ -63,7 +63,10 @@ the sampled ``sum_t (logp_t - logp_ref_t)``, which still shapes the reward above
 ``kl_target > 0`` adapts the coefficient with the controller above on the rollout's mean
 KL. ``kl_limit > 0`` caps it: the updates of an iteration stop at the first minibatch
 whose KL (of the policy being updated, at the rollout's states) is at or above the limit
-(as CleanRL's ``target_kl`` stops on the KL to the rollout policy). Rewards come from the env, or
+(as CleanRL's ``target_kl`` stops on the KL to the rollout policy; that minibatch's own
+update still runs). The value head shares the backbone; ``detach_value`` feeds it detached
+hidden states so that the value loss, large where returns are (the maze's -15), does not
+rewrite the language model. Rewards come from the env, or
 from a Bradley–Terry reward model (``reward_fn``: the dialogue's score on its last agent
 ``<eou>``, env rewards dropped).
 """
@@ -243,6 +246,7 @@ class PPO(Learner):
         max_utterance_tokens: int = 32,
         whiten: bool = True,
         hidden: int = 0,
+        detach_value: bool = False,
         seed: int = 0,
         reward_model: str | None = None,
     ) -> None:
@@ -259,6 +263,7 @@ class PPO(Learner):
         self.kl_limit = kl_limit
         self.register_buffer("kl_coef", torch.tensor(float(kl_coef)))  # saved with checkpoints
         self.v_head = make_head(hidden_size(model), 1, hidden)
+        self.detach_value = detach_value  # the value loss does not train the shared backbone
         self.reference = copy.deepcopy(model)
         self.reference.requires_grad_(False)
         self.reference.eval()
@@ -273,7 +278,8 @@ class PPO(Learner):
         """Per-state ``log pi(a_{t+1}|s_t)`` ``[B, L-1]``, ``V(s_t)`` ``[B, L]`` and the logits."""
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          output_hidden_states=True)
-        v = self.v_head(out.hidden_states[-1]).squeeze(-1).float()
+        h = out.hidden_states[-1]
+        v = self.v_head(h.detach() if self.detach_value else h).squeeze(-1).float()
         return action_logprobs(out.logits, batch["input_ids"]), v, out.logits
 
     @torch.no_grad()
@@ -395,13 +401,14 @@ class PPO(Learner):
                     for k, v in m.items():
                         acc[k] = acc.get(k, 0.0) + v
                     # kl_limit: no further update once a minibatch reads the policy at the limit
+                    # (its own update still runs: its KL penalty is what pulls the policy back)
                     if self.kl_limit and m["kl_ref_update"] >= self.kl_limit:
                         stopped = True
                         break
             kl = float(torch.cat([p["kl"] for p in prepared]).mean())
             score = float(torch.cat([p["score"] for p in prepared]).mean())
             self.kl_coef.fill_(self.kl.update(kl, len(examples)))
-            metrics = {**{k: v / max(n_updates, 1) for k, v in acc.items()},
+            metrics = {**{k: v / max(n_updates, 1) for k, v in acc.items()}, "updates": n_updates,
                        "episode_return": float(np.mean([r["return"] for r in rows])), "reward_score": score,
                        "kl_to_ref": kl, "kl_coef": float(self.kl_coef), "lr": optimizer.param_groups[0]["lr"],
                        "epochs_run": n_updates / max(len(prepared), 1)}
