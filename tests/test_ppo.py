@@ -121,20 +121,19 @@ def test_online_iterations_update_the_policy_not_the_reference():
     assert not any(p.requires_grad for p in learner.reference.parameters())
 
 
-def test_kl_limit_stops_the_epochs_once_the_estimate_reaches_it(monkeypatch):
+def test_kl_limit_takes_a_kl_step_and_ends_the_iteration(monkeypatch):
     from dialogue_rl.agents import banned_token_ids
     from dialogue_rl.algos.ppo import PPO
     from dialogue_rl.models.tokenizer import codec as make_codec
     from dialogue_rl.train import TrainConfig
 
-    real_loss = PPO.loss
+    real = PPO.loss_and_kl
 
-    def loss_reading_kl_one(self, batch):  # the policy's KL estimate reads 1.0 on every minibatch
-        loss, m = real_loss(self, batch)
-        assert "kl_ref_update" in m
-        return loss, {**m, "kl_ref_update": 1.0}
+    def reading_kl_one(self, batch):  # the policy's KL reads 1.0 on every minibatch
+        loss, kl, m = real(self, batch)
+        return loss, kl, {**m, "kl_ref_update": 1.0}
 
-    monkeypatch.setattr(PPO, "loss", loss_reading_kl_one)
+    monkeypatch.setattr(PPO, "loss_and_kl", reading_kl_one)
     cfg = TrainConfig(steps=2, lr=1e-3, warmup_steps=0, log_every=1, checkpoint_every=10**6)
     runs = {}
     for limit in (0.0, 0.5, 2.0):
@@ -143,10 +142,34 @@ def test_kl_limit_stops_the_epochs_once_the_estimate_reaches_it(monkeypatch):
         logged = []
         learner.train_online("dialogue_rl/GuessWhich-v0", {}, c, tok.pad_token_id, cfg, torch.device("cpu"),
                              banned_ids=banned_token_ids(c, tok), log_fn=lambda m, s: logged.append(m))
-        runs[limit] = [m["train/epochs_run"] for m in logged]
-    assert runs == {0.0: [3, 3], 0.5: [0.5, 0.5], 2.0: [3, 3]}  # 0.5: one update of the two minibatches
+        runs[limit] = [m["train/updates"] for m in logged]
+    assert runs == {0.0: [6, 6], 0.5: [1, 1], 2.0: [6, 6]}  # 3 epochs of 2 minibatches, or one KL step
     with pytest.raises(ValueError, match="kl_limit"):
         _ppo(kl_target=2.0, kl_limit=1.0)
+
+
+def test_a_step_on_the_state_kl_moves_the_policy_back_towards_the_reference():
+    from dialogue_rl.data.views import collate_tokens, tokenize_dialogue
+    from dialogue_rl.models.tokenizer import codec as make_codec
+    from envs.guess_which import GuessWhichEnv
+
+    learner, tok = _ppo()
+    c = make_codec(tok)
+    env = GuessWhichEnv()
+    rows = [{"seed": s, "return": 0.0, "terminated": True,
+             "turns": [t.to_dict() for t in play_episode(env, env.policies()["novice"], s).turns]} for s in (0, 1)]
+    batch = learner.prepare(collate_tokens([tokenize_dialogue(r, c) for r in rows], tok.pad_token_id))
+    with torch.no_grad():
+        for p in learner.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    _, kl, m = learner.loss_and_kl(batch)
+    kl.backward()
+    with torch.no_grad():
+        for p in learner.model.parameters():
+            if p.grad is not None:
+                p.sub_(0.05 * p.grad)
+    _, kl_after, _ = learner.loss_and_kl(batch)
+    assert 0 < kl_after.item() < m["kl_ref_update"]
 
 
 def test_state_kl_hand_computed_and_zero_at_the_reference():

@@ -61,10 +61,11 @@ per-episode sum over the agent-token states of the exact KL over the vocabulary
 (its expectation over the rollout's states is the sequence KL; it has none of the noise of
 the sampled ``sum_t (logp_t - logp_ref_t)``, which still shapes the reward above).
 ``kl_target > 0`` adapts the coefficient with the controller above on the rollout's mean
-KL. ``kl_limit > 0`` caps it: the updates of an iteration stop at the first minibatch
-whose KL (of the policy being updated, at the rollout's states) is at or above the limit
-(as CleanRL's ``target_kl`` stops on the KL to the rollout policy; that minibatch's own
-update still runs). The value head shares the backbone; ``detach_value`` feeds it detached
+KL. ``kl_limit > 0`` caps it: at the first minibatch whose KL (of the policy being updated,
+at the rollout's states) is at or above the limit, the learner takes one gradient step on
+that KL instead of the PPO step and ends the iteration's updates (CleanRL's ``target_kl``
+only stops, on the KL to the rollout policy; a policy over the limit would then stay
+there, since only its updates could bring it back). The value head shares the backbone; ``detach_value`` feeds it detached
 hidden states so that the value loss, large where returns are (the maze's -15), does not
 rewrite the language model. Rewards come from the env, or
 from a Bradley–Terry reward model (``reward_fn``: the dialogue's score on its last agent
@@ -316,6 +317,13 @@ class PPO(Learner):
 
     def loss(self, batch: TokenBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """The PPO loss of a prepared minibatch (:meth:`prepare`)."""
+        loss, _, metrics = self.loss_and_kl(batch)
+        return loss, metrics
+
+    def loss_and_kl(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """The PPO loss, the mean per-episode KL to the reference at the minibatch's states
+        (``state_kl``, with its gradient: the step :meth:`train_online` takes instead of
+        the PPO step at ``kl_limit``) and the metrics."""
         logp_all, v_all, logits = self._forward(batch)
         logp, mask = gather_actions(batch, logp_all)
         values, _ = gather_actions(batch, v_all[:, :-1])
@@ -324,15 +332,15 @@ class PPO(Learner):
         pg = (clipped_surrogate(logp, batch["old_logp"], batch["adv"], self.clip_eps) * m).sum() / n
         vl = (value_loss(values, batch["old_values"], batch["returns"], self.value_clip) * m).sum() / n
         loss = pg + self.vf_coef * vl
+        # per-episode KL of the policy being updated to the reference, at the rollout's states
+        kl_ref = state_kl(logits, self._reference_logits(batch), batch).mean()
         with torch.no_grad():
             ratio = torch.exp(logp - batch["old_logp"])
             clipfrac = (((ratio - 1).abs() > self.clip_eps).float() * m).sum() / n
             approx_kl = ((batch["old_logp"] - logp) * m).sum() / n
-            # per-episode KL of the policy being updated to the reference, at the rollout's states
-            kl_ref = state_kl(logits, self._reference_logits(batch), batch).mean()
             metrics = {"loss": float(loss), "pg_loss": float(pg), "value_loss": float(vl),
                        "clipfrac": float(clipfrac), "approx_kl": float(approx_kl), "kl_ref_update": float(kl_ref)}
-        return loss, metrics
+        return loss, kl_ref, metrics
 
     # ------------------------------------------------------------------ online loop
     def train_online(
@@ -390,7 +398,12 @@ class PPO(Learner):
                     break
                 for j in rng.permutation(len(prepared)):
                     optimizer.zero_grad(set_to_none=True)
-                    loss, m = self.loss(prepared[int(j)])
+                    loss, kl_ref, m = self.loss_and_kl(prepared[int(j)])
+                    # kl_limit: a policy that reads at the limit takes one step down the KL to
+                    # the reference instead of the PPO step, and the iteration's updates end
+                    over = bool(self.kl_limit) and m["kl_ref_update"] >= self.kl_limit
+                    if over:
+                        loss = kl_ref
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"ppo: non-finite loss at iteration {it}: {m}")
                     loss.backward()
@@ -400,9 +413,7 @@ class PPO(Learner):
                     n_updates += 1
                     for k, v in m.items():
                         acc[k] = acc.get(k, 0.0) + v
-                    # kl_limit: no further update once a minibatch reads the policy at the limit
-                    # (its own update still runs: its KL penalty is what pulls the policy back)
-                    if self.kl_limit and m["kl_ref_update"] >= self.kl_limit:
+                    if over:
                         stopped = True
                         break
             kl = float(torch.cat([p["kl"] for p in prepared]).mean())
