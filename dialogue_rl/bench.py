@@ -167,6 +167,9 @@ def update_times(
         if name == "utterance_q":
             ex = learner.make_examples(setup.rows, setup.codec, 512)
             batch = _to(learner.collate([ex[i] for i in range(min(len(ex), batch_size))], pad), device)
+            # the cost of sampling: one cold batch of candidates for every state of the batch
+            # (the bench model is untrained, so each runs to the token budget: an upper bound)
+            learner.candidates([s for s in [*batch["states"], *batch["next_states"]] if s is not None])
             prefill_candidates(learner, batch, [tuple(int(t) for t in e["action"]) for e in ex])
         else:
             batch = token_batch
@@ -473,7 +476,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     }
     uq = up["learners"]["utterance_q"]
     if hasattr(uq, "sampling_report"):
-        out["uq_sampling"] = uq.sampling_report()
+        out["uq_sampling"] = rep = uq.sampling_report()
+        # share of a training step that re-samples all its candidates (refresh) spent sampling
+        out["uq_sampling_fraction_cold_step"] = rep["sampling_s"] / (rep["sampling_s"] + med["utterance_q"])
     log.info("updates done (%.0f s)", time.perf_counter() - t_start)
 
     torch.manual_seed(0)
@@ -582,6 +587,11 @@ def render_markdown(res: dict[str, Any], command: str) -> str:
         "",
         f"ILQL / BC: {_fmt(res['ilql_over_bc_update_per_repeat'])}; "
         f"per-utterance Q / BC: {_fmt(res['uq_over_bc_update_per_repeat'])} (per-repeat ratios).",
+        *([f"Candidate sampling (per-utterance Q, one cold batch for the {res['uq_sampling']['states_sampled']:.0f} "
+           f"states of the batch, untrained model: every candidate runs to the token budget): "
+           f"{res['uq_sampling']['candidates_per_s']:.0f} candidates/s; "
+           f"{res['uq_sampling_fraction_cold_step']:.0%} of a step that re-samples all its candidates."]
+          if "uq_sampling" in res else []),
         "",
         f"## Rollouts ({res['rollout_episodes']} GuessWhich episodes in one batch, greedy, "
         f"{res['rollout_mean_agent_turns']:.1f} agent turns each, {res['rollout_generated_tokens']} generated tokens)",

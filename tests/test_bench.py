@@ -29,6 +29,7 @@ def test_bench_keys_and_types_at_a_tiny_size(tmp_path):
     assert res["rollout_kv_equals_reencode"] is True  # greedy: same transcripts
     assert 0 <= res["padding_fraction_grouped"] <= res["padding_fraction"] < 1  # grouping pads less
     assert res["mfu_bc_grouped"] > 0
+    assert res["uq_sampling"]["candidates_per_s"] > 0 and 0 < res["uq_sampling_fraction_cold_step"] < 1
     md = render_markdown(res, "python scripts/bench.py --quick")
     assert md.startswith("# Performance") and "| BC training MFU" in md
 
