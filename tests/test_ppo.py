@@ -148,7 +148,8 @@ def test_kl_limit_takes_a_kl_step_and_ends_the_iteration(monkeypatch):
         _ppo(kl_target=2.0, kl_limit=1.0)
 
 
-def test_a_step_on_the_state_kl_moves_the_policy_back_towards_the_reference():
+def _prepared_novice_batch():
+    """A PPO learner (its policy is its reference) and two prepared GuessWhich novice dialogues."""
     from dialogue_rl.data.views import collate_tokens, tokenize_dialogue
     from dialogue_rl.models.tokenizer import codec as make_codec
     from envs.guess_which import GuessWhichEnv
@@ -158,10 +159,18 @@ def test_a_step_on_the_state_kl_moves_the_policy_back_towards_the_reference():
     env = GuessWhichEnv()
     rows = [{"seed": s, "return": 0.0, "terminated": True,
              "turns": [t.to_dict() for t in play_episode(env, env.policies()["novice"], s).turns]} for s in (0, 1)]
-    batch = learner.prepare(collate_tokens([tokenize_dialogue(r, c) for r in rows], tok.pad_token_id))
+    return learner, learner.prepare(collate_tokens([tokenize_dialogue(r, c) for r in rows], tok.pad_token_id))
+
+
+def _move_away_from_the_reference(learner) -> None:
     with torch.no_grad():
         for p in learner.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
+
+
+def test_a_step_on_the_state_kl_moves_the_policy_back_towards_the_reference():
+    learner, batch = _prepared_novice_batch()
+    _move_away_from_the_reference(learner)
     _, kl, m = learner.loss_and_kl(batch)
     kl.backward()
     with torch.no_grad():
@@ -185,22 +194,11 @@ def test_state_kl_hand_computed_and_zero_at_the_reference():
 
 
 def test_kl_of_the_update_is_zero_at_the_reference_and_matches_state_kl():
-    from dialogue_rl.data.views import collate_tokens, tokenize_dialogue
-    from dialogue_rl.models.tokenizer import codec as make_codec
-    from envs.guess_which import GuessWhichEnv
-
-    learner, tok = _ppo()
-    c = make_codec(tok)
-    env = GuessWhichEnv()
-    rows = [{"seed": s, "return": 0.0, "terminated": True,
-             "turns": [t.to_dict() for t in play_episode(env, env.policies()["novice"], s).turns]} for s in (0, 1)]
-    batch = learner.prepare(collate_tokens([tokenize_dialogue(r, c) for r in rows], tok.pad_token_id))
+    learner, batch = _prepared_novice_batch()
     assert torch.allclose(batch["kl"], torch.zeros(2), atol=1e-6)
     _, m = learner.loss(batch)
     assert m["kl_ref_update"] == pytest.approx(0.0, abs=1e-6)
-    with torch.no_grad():  # move the policy away from the reference
-        for p in learner.model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    _move_away_from_the_reference(learner)
     _, m = learner.loss(batch)
     with torch.no_grad():
         expected = state_kl(learner._forward(batch)[2], learner._reference_logits(batch), batch).mean()
