@@ -174,20 +174,15 @@ def update_times(
         else:
             batch = token_batch
         opt = make_optimizer(learner, TrainConfig())
+        runs = {name: batch, "bc_grouped": grouped_batch} if name == "bc" else {name: batch}
+        for key, b in runs.items():
 
-        def step(learner=learner, batch=batch, opt=opt) -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                learner.update(batch, opt)
-
-        step()  # warm-up
-        built[name] = (learner, step)
-        if name == "bc":
-            def step_grouped(learner=learner, opt=opt) -> None:
+            def step(learner=learner, batch=b, opt=opt) -> None:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    learner.update(grouped_batch, opt)
+                    learner.update(batch, opt)
 
-            step_grouped()
-            built["bc_grouped"] = (learner, step_grouped)
+            step()  # warm-up
+            built[key] = (learner, step)
     times: dict[str, list[float]] = {k: [] for k in built}
     for _ in range(repeats):
         for name, (_, step) in built.items():
@@ -533,7 +528,9 @@ GOALS = (
 
 def is_external_engine(env_id: str) -> bool:
     """Env ids that step another project's game engine (TextWorld), not a scripted partner."""
-    return "/TextWorld-" in env_id
+    from envs.textworld_games import TEXTWORLD_ENV_IDS
+
+    return env_id in TEXTWORLD_ENV_IDS
 
 
 def _fmt(s: dict[str, float], digits: int = 3) -> str:

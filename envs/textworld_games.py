@@ -416,6 +416,10 @@ _TEXTWORLD_IDS: tuple[tuple[str, dict[str, Any], ReferenceReturns], ...] = (
 )
 
 
+#: The TextWorld env ids (registered only when the ``textworld`` extra is installed).
+TEXTWORLD_ENV_IDS: tuple[str, ...] = tuple(i for i, _, _ in _TEXTWORLD_IDS)
+
+
 def textworld_specs() -> tuple[tuple[str, str, dict, ReferenceReturns], ...]:
     """Registry entries of the TextWorld ids, or ``()`` when ``textworld`` is absent."""
     if not textworld_available():
