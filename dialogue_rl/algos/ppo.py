@@ -421,8 +421,7 @@ class PPO(Learner):
             self.kl_coef.fill_(self.kl.update(kl, len(examples)))
             metrics = {**{k: v / max(n_updates, 1) for k, v in acc.items()}, "updates": n_updates,
                        "episode_return": float(np.mean([r["return"] for r in rows])), "reward_score": score,
-                       "kl_to_ref": kl, "kl_coef": float(self.kl_coef), "lr": optimizer.param_groups[0]["lr"],
-                       "epochs_run": n_updates / max(len(prepared), 1)}
+                       "kl_to_ref": kl, "kl_coef": float(self.kl_coef), "lr": optimizer.param_groups[0]["lr"]}
             done = it + 1
             if log_fn and (done % cfg.log_every == 0 or done == cfg.steps):
                 log_fn({f"train/{k}": v for k, v in metrics.items()}, done)
