@@ -239,15 +239,3 @@ def apply_algo_settings(cfg: Any) -> Any:
         if algo.get(part):
             cfg[part] = OmegaConf.merge(cfg[part], algo[part])
     return cfg
-    cfg = cfg.copy()
-    for part in ("train", "eval"):
-        extra = algo.get(part) or {}
-        if not extra:
-            continue
-        try:
-            cfg[part] = OmegaConf.merge(cfg[part], extra)
-        except (ConfigKeyError, ValidationError) as e:
-            raise AlgoSettingsError(
-                f"algo.{part}: {e.msg.splitlines()[0] if hasattr(e, 'msg') else e}; "
-                f"fix: use keys of the run's {part} section") from None
-    return cfg
