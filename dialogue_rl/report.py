@@ -173,10 +173,12 @@ def _read(path: Path) -> Any:
         raise ReportError(f"{path}: cannot be read ({e})") from None
 
 
-def load_result(path: str | Path) -> RunResult:
-    """Read and validate one ``results.json`` (its mtime is the run's end)."""
+def load_result(path: str | Path, data: Any = None) -> RunResult:
+    """Validate one ``results.json`` (read unless ``data`` is its decoded content; its
+    mtime is the run's end)."""
     path = Path(path)
-    return dataclasses.replace(parse_result(_read(path), path), finished_at=path.stat().st_mtime)
+    data = _read(path) if data is None else data
+    return dataclasses.replace(parse_result(data, path), finished_at=path.stat().st_mtime)
 
 
 def is_scorer_result(data: Any) -> bool:
@@ -193,13 +195,14 @@ def load_results(sweep_dir: str | Path) -> list[RunResult]:
     paths = sorted(root.rglob(RESULTS_FILE))
     if not paths:
         raise ReportError(f"{root}: no {RESULTS_FILE} found (is this a sweep directory?)")
-    kept = []
+    results = []
     for p in paths:
-        if is_scorer_result(_read(p)):  # e.g. the reward model a ppo_learned row trains against
+        data = _read(p)
+        if is_scorer_result(data):  # e.g. the reward model a ppo_learned row trains against
             log.info("%s: a non-acting run (held-out metrics only), not a table row", p)
             continue
-        kept.append(p)
-    return [load_result(p) for p in kept]
+        results.append(load_result(p, data))
+    return results
 
 
 # ---------------------------------------------------------------------------- aggregation
