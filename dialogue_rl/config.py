@@ -153,7 +153,7 @@ class PPOConfig(AlgoConfig):
     kl_coef: float = 0.05
     kl_target: float = 0.0  # > 0: adaptive coefficient towards this per-episode KL
     kl_horizon: int = 10_000
-    kl_limit: float = 0.0  # > 0: stop an iteration's epochs once the per-episode KL estimate reaches it
+    kl_limit: float = 0.0  # > 0: at this per-episode state KL, one step down the KL ends the iteration
     gamma: float = 1.0
     lam: float = 0.95
     clip_eps: float = 0.2
