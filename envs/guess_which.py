@@ -154,11 +154,7 @@ def filter_table(filt: Sequence[int]) -> np.ndarray:
 
     Precomputed for the grammar's filters (:data:`_GRAMMAR_MATCH`), memoised for others
     (a pure function of the filter; the result is read-only)."""
-    filt = tuple(int(g) for g in filt)
-    row = _GRAMMAR_FILTER_ROW.get(filt)
-    if row is None:
-        return _filter_table(filt)
-    return _GRAMMAR_MATCH_BOOL[row]
+    return _match_table(tuple(int(g) for g in filt)).view(bool)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -189,10 +185,9 @@ def _match_all(filters: Sequence[tuple[int, ...]]) -> np.ndarray:
 
 
 #: The match table of every filter the question grammar can express (at most one value per
-#: attribute: 1296 x 289 bytes), its bool view and the row of each filter.
+#: attribute: 1296 x 289 bytes) and the row of each filter.
 _GRAMMAR_FILTER_ROW: dict[tuple[int, ...], int] = {f: i for i, f in enumerate(_filters_upto(N_ATTRS))}
 _GRAMMAR_MATCH = _match_all(list(_GRAMMAR_FILTER_ROW))
-_GRAMMAR_MATCH_BOOL = _readonly(_GRAMMAR_MATCH.view(bool))
 
 
 def matches(scenes: np.ndarray, filt: Sequence[int]) -> np.ndarray:
@@ -303,11 +298,9 @@ def _answer_lookup(q: Question) -> tuple[np.ndarray, np.ufunc, np.ndarray]:
 
 def _match_table(filt: tuple[int, ...]) -> np.ndarray:
     """:func:`filter_table` as uint8 (read-only): a row of :data:`_GRAMMAR_MATCH` for the
-    grammar's filters, else computed."""
+    grammar's filters, else the memoised :func:`_filter_table`."""
     row = _GRAMMAR_FILTER_ROW.get(filt)
-    if row is None:
-        return _readonly(filter_table(filt).astype(np.uint8))
-    return _GRAMMAR_MATCH[row]
+    return _filter_table(filt).view(np.uint8) if row is None else _GRAMMAR_MATCH[row]
 
 
 def _query_answer(attr: int) -> np.ndarray:
