@@ -769,14 +769,10 @@ class SampleAndRankAgent:
 def _right_pad(
     seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    lengths = [len(s) for s in seqs]
-    t = max(lengths)
-    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), t), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        attn[i, : len(s)] = 1
-    return ids.to(device), attn.to(device), torch.tensor(lengths, dtype=torch.long, device=device)
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    ids = _pad_to(seqs, int(lengths.max()), pad_id, device)
+    attn = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
+    return ids, attn.to(device), lengths.to(device)
 
 
 def _pad_to(seqs: Sequence[Sequence[int]], t: int, fill: int, device: torch.device) -> torch.Tensor:
