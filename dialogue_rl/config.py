@@ -76,6 +76,7 @@ class ILQLConfig(AlgoConfig):
     name: str = "ilql"
     gamma: float = 0.99
     tau: float = 0.5
+    tau_within: Optional[float] = None  # expectile inside an agent utterance (None: tau)
     alpha: float = 0.1
     polyak: float = 0.005
     bc_weight: float = 1.0

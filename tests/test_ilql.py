@@ -62,6 +62,24 @@ def test_cql_penalty_tiny_vocab_excludes_special_tokens():
     assert pen.item() == pytest.approx(math.log(math.exp(2) + math.exp(3)) - 2.0)
 
 
+def test_tau_within_applies_inside_utterances_only():
+    """``tau`` where an agent utterance starts (state 1: the prefix, before the agent's first
+    word), ``tau_within`` at the states inside it (state 2, before its ``<eou>``) and at the
+    later start (state 4) ``tau`` again."""
+    learner, tok = _learner(tau=0.5, tau_within=0.9)
+    taus = learner.state_taus(_hand_batch())
+    # states 0..4 of the hand batch; only 1, 2 and 4 are action states
+    assert taus[0, 1].item() == pytest.approx(0.5)
+    assert taus[0, 2].item() == pytest.approx(0.9)
+    assert taus[0, 4].item() == pytest.approx(0.5)
+    # the expectile weight follows: an under-estimate (u > 0) at state 2 weighs 0.9, at state 1 0.5
+    diff = torch.tensor([[0.0, 1.0, 1.0, 0.0, 1.0]])
+    w = expectile_loss(diff, taus)
+    assert w[0, 1].item() == pytest.approx(0.5) and w[0, 2].item() == pytest.approx(0.9)
+    same, _ = _learner(tau=0.7)
+    assert same.state_taus(_hand_batch()) == 0.7
+
+
 def _learner(**kw):
     tok = build_word_tokenizer(["a", "b", "c", "d", "e"], [])
     torch.manual_seed(0)

@@ -115,9 +115,11 @@ class ILQL(Learner):
         beta: float = 8.0,
         hidden: int = 0,
         excluded_ids: list[int] | None = None,
+        tau_within: float | None = None,
     ) -> None:
         super().__init__(model)
         self.gamma, self.tau, self.alpha, self.polyak = gamma, tau, alpha, polyak
+        self.tau_within = tau if tau_within is None else tau_within
         self.bc_weight, self.beta = bc_weight, beta
         h, vocab = hidden_size(model), model.config.vocab_size
         self.q_heads = nn.ModuleList([make_head(h, vocab, hidden), make_head(h, vocab, hidden)])
@@ -147,7 +149,7 @@ class ILQL(Learner):
         q_sa = [q[:, :-1].gather(-1, actions).squeeze(-1) for q in qs]
         td_loss = sum(masked_mean((q - y).pow(2), mask) for q in q_sa)
         tq_sa = torch.minimum(*[q[:, :-1].gather(-1, actions).squeeze(-1) for q in tqs])
-        value_loss = masked_mean(expectile_loss(tq_sa - v[:, :-1], self.tau), mask)
+        value_loss = masked_mean(expectile_loss(tq_sa - v[:, :-1], self.state_taus(batch)), mask)
         cql_loss = self.alpha * sum(
             masked_mean(cql_penalty(q[:, :-1], qa, self.action_vocab), mask) for q, qa in zip(qs, q_sa)
         )
@@ -160,6 +162,16 @@ class ILQL(Learner):
                 "q_mean": float(masked_mean(q_sa[0], mask)), "v_mean": float(masked_mean(v[:, :-1], mask)),
             }
         return loss, metrics
+
+    def state_taus(self, batch: TokenBatch) -> torch.Tensor | float:
+        """The expectile of each state ``t`` (``[B, L-1]``): ``tau`` where an agent utterance
+        starts (the next token is an action, the current one is not), ``tau_within`` at the
+        states inside an utterance; a float when the two are equal."""
+        if self.tau_within == self.tau:
+            return self.tau
+        act = batch["action_mask"].bool()
+        starts = act[:, 1:] & ~act[:, :-1]
+        return torch.where(starts, self.tau, self.tau_within)
 
     @torch.no_grad()
     def after_step(self) -> None:
