@@ -27,6 +27,9 @@ def test_bench_keys_and_types_at_a_tiny_size(tmp_path):
     for s in (res["update_s"]["bc"], res["matmul_peak_gflops_stats"], res["rollout_s"]["kv"]):
         assert set(s) == {"min", "median", "max"} and s["min"] <= s["median"] <= s["max"]
     assert res["rollout_kv_equals_reencode"] is True  # greedy: same transcripts
+    # the long-dialogue figure plays GuessWhich with 10 questions, same transcripts too
+    assert res["rollout_long_mean_agent_turns"] == 10.0 and res["rollout_long_kv_equals_reencode"] is True
+    assert res["rollout_long_speedup_kv_vs_reencode"] > 0
     assert 0 <= res["padding_fraction_grouped"] <= res["padding_fraction"] < 1  # grouping pads less
     assert res["mfu_bc_grouped"] > 0
     assert res["uq_sampling"]["candidates_per_s"] > 0 and 0 < res["uq_sampling_fraction_cold_step"] < 1
