@@ -20,7 +20,13 @@ skipped, so gamma applies once per agent token):
 
 * expectile value loss (``value_loss``) towards the target heads' minimum::
 
-      L_V = E[|tau - 1(u < 0)| * u^2],   u = min(Q1_target, Q2_target)(s_t, a_t) - V(s_t)
+      L_V = E[|tau_t - 1(u < 0)| * u^2],   u = min(Q1_target, Q2_target)(s_t, a_t) - V(s_t)
+
+  with ``tau_t = tau`` at a state where an agent utterance starts (the partner has just
+  spoken) and ``tau_t = tau_within`` at the states inside the utterance (``state_taus``;
+  ``tau_within`` defaults to ``tau``). Inside an utterance the next state is the current
+  one plus the chosen token, so a high ``tau_within`` is a max over the logged
+  continuations with no stochastic transition to be optimistic about.
 
 * CQL penalty (``cql_loss``) on the Q "logits", over the *action* vocabulary (pad, bos
   and unk are never actions, so they are excluded from the logsumexp)::
