@@ -201,8 +201,29 @@ class RunConfig:
     skip_finished: bool = False  # scripts/train.py: skip a run whose output dir already has results.json
 
 
+def sweep_job_name(data: str, label: str, seed: Any, checkpoint: str | None = None,
+                   policy: str | None = None) -> str:
+    """A sweep job's directory name (``hydra.sweep.subdir`` of ``conf/train.yaml``).
+
+    Training jobs: ``<data>_<algo label>_s<seed>`` (how a sweep's learners find their BC run).
+    ``scripts/evaluate.py`` jobs are named after what they evaluate, so that the jobs of
+    ``-m checkpoint=a,b`` or ``-m policy=expert,random`` never share a directory:
+    ``eval_<checkpoint path, '/' -> '_'>`` and ``<data>_scripted-<policy>``.
+    """
+    if checkpoint:
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(checkpoint).strip("/"))
+        return f"eval_{slug.lstrip('._') or 'checkpoint'}"
+    if policy:
+        return f"{data}_scripted-{policy}"
+    return f"{data}_{label}_s{seed}"
+
+
 def register_configs() -> None:
-    """Register the schemas (idempotent)."""
+    """Register the schemas and the ``sweep_job_name`` resolver (idempotent)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("sweep_job_name"):
+        OmegaConf.register_new_resolver("sweep_job_name", sweep_job_name)
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     cs.store(group="env", name="env_schema", node=EnvConfig)

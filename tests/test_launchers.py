@@ -58,3 +58,16 @@ def test_joblib_preset_composes():
 def test_launcher_typo_fails_at_composition():
     with pytest.raises(ConfigCompositionException):
         _compose("hydra/launcher=slurm", "hydra.launcher.partitionz=gpu")
+
+
+def test_sweep_job_names_keep_train_runs_and_separate_evaluate_jobs():
+    from dialogue_rl.config import sweep_job_name
+
+    # training jobs: the name a sweep's learners use to find their BC run
+    assert sweep_job_name("guess_which", "bc", 2) == "guess_which_bc_s2"
+    # evaluate.py -m checkpoint=a,b: one directory per checkpoint (they used to share one)
+    a = sweep_job_name("guess_which", "ilql", 0, checkpoint="sweeps/gw/bc_s0")
+    b = sweep_job_name("guess_which", "ilql", 0, checkpoint="sweeps/gw/fbc_s0/")
+    assert (a, b) == ("eval_sweeps_gw_bc_s0", "eval_sweeps_gw_fbc_s0")
+    assert sweep_job_name("guess_which", "ilql", 0, checkpoint="/abs/run dir/x") == "eval_abs_run_dir_x"
+    assert sweep_job_name("maze_fo", "ilql", 0, policy="expert") == "maze_fo_scripted-expert"
