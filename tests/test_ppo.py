@@ -241,3 +241,35 @@ def test_ppo_registered_with_a_schema():
     from dialogue_rl.config import ALGO_SCHEMAS
 
     assert LEARNERS["ppo"] is PPO and "ppo" in ALGO_SCHEMAS and PPO.online and PPO.needs_bc_init
+
+
+def test_enforce_kl_limit_backtracks_towards_the_start_until_under_the_limit():
+    learner, batch = _prepared_novice_batch()
+    start = [p.detach().clone() for p in learner.model.parameters()]  # the reference: KL 0
+    _move_away_from_the_reference(learner)
+    far = learner.mean_state_kl([batch])
+    optimizer = torch.optim.SGD(learner.model.parameters(), lr=0.0)
+    # a limit the moved policy breaks: the line search keeps part of the step, below the limit
+    kl, lam = _with_limit(learner, far / 3).enforce_kl_limit([batch], start, optimizer)
+    assert kl < far / 3 and 0 < lam < 1
+    assert kl == pytest.approx(learner.mean_state_kl([batch]))
+    # a limit above the KL leaves the parameters alone
+    moved = [p.detach().clone() for p in learner.model.parameters()]
+    kl2, lam2 = _with_limit(learner, 10 * far).enforce_kl_limit([batch], start, optimizer)
+    assert lam2 == 1.0 and kl2 == pytest.approx(kl)
+    assert all(torch.equal(a, b) for a, b in zip(moved, learner.model.parameters()))
+
+
+def test_enforce_kl_limit_takes_kl_steps_when_the_start_is_over_the_limit():
+    learner, batch = _prepared_novice_batch()
+    _move_away_from_the_reference(learner)
+    start = [p.detach().clone() for p in learner.model.parameters()]  # the start itself is far away
+    far = learner.mean_state_kl([batch])
+    optimizer = torch.optim.SGD(learner.model.parameters(), lr=0.05)
+    kl, lam = _with_limit(learner, 0.9 * far).enforce_kl_limit([batch], start, optimizer, max_kl_steps=50)
+    assert lam == 0.0 and kl < 0.9 * far
+
+
+def _with_limit(learner, limit: float):
+    learner.kl_limit = limit
+    return learner

@@ -65,7 +65,12 @@ KL. ``kl_limit > 0`` caps it: at the first minibatch whose KL (of the policy bei
 at the rollout's states) is at or above the limit, the learner takes one gradient step on
 that KL instead of the PPO step and ends the iteration's updates (CleanRL's ``target_kl``
 only stops, on the KL to the rollout policy; a policy over the limit would then stay
-there, since only its updates could bring it back). The value head shares the backbone; ``detach_value`` feeds it detached
+there, since only its updates could bring it back). After the updates the limit is then
+enforced at the rollout's states (:meth:`PPO.enforce_kl_limit`): a backtracking line search
+between the iteration's start and end parameters, logged as ``kl_after_update`` (below the
+limit) and ``kl_backtrack`` (the step fraction kept). The KL logged as ``kl_to_ref`` is read
+on the next iteration's fresh rollout, an estimate of the same policy's KL on new states.
+The value head shares the backbone; ``detach_value`` feeds it detached
 hidden states so that the value loss, large where returns are (the maze's -15), does not
 rewrite the language model. Rewards come from the env, or
 from a Bradley–Terry reward model (``reward_fn``: the dialogue's score on its last agent
@@ -342,6 +347,57 @@ class PPO(Learner):
                        "clipfrac": float(clipfrac), "approx_kl": float(approx_kl), "kl_ref_update": float(kl_ref)}
         return loss, kl_ref, metrics
 
+    @torch.no_grad()
+    def mean_state_kl(self, prepared: Sequence[TokenBatch]) -> float:
+        """Mean per-episode ``state_kl`` of the current policy at the states of ``prepared``."""
+        was_training = self.training
+        self.eval()
+        kls = [state_kl(self._forward(p)[2], self._reference_logits(p), p) for p in prepared]
+        self.train(was_training)
+        return float(torch.cat(kls).mean())
+
+    def enforce_kl_limit(self, prepared: Sequence[TokenBatch], start: Sequence[torch.Tensor],
+                         optimizer: torch.optim.Optimizer, max_halvings: int = 10,
+                         max_kl_steps: int = 20) -> tuple[float, float]:
+        """Bring the iteration's policy under ``kl_limit`` at the rollout's states.
+
+        Backtracking line search (as TRPO's): with ``theta_0`` the parameters the iteration
+        started from (``start``) and ``theta_1`` those after its updates, take
+        ``theta = theta_0 + lambda (theta_1 - theta_0)`` for the largest ``lambda`` in
+        ``1, 1/2, 1/4, ...`` whose mean per-episode state KL over ``prepared`` is below the
+        limit. If even ``theta_0`` reads at the limit on these states (a new rollout, sampling
+        noise), gradient steps on that KL follow until it is below (at most ``max_kl_steps``).
+        Returns the KL reached and ``lambda`` (0 when the updates were undone).
+        """
+        params = list(self.model.parameters())
+        kl, lam = self.mean_state_kl(prepared), 1.0
+        if kl < self.kl_limit:
+            return kl, lam
+        end = [q.detach().clone() for q in params]
+        with torch.no_grad():
+            for _ in range(max_halvings):
+                lam /= 2
+                for q, a, b in zip(params, start, end):
+                    q.copy_(torch.lerp(a, b, lam))
+                kl = self.mean_state_kl(prepared)
+                if kl < self.kl_limit:
+                    return kl, lam
+            lam = 0.0
+            for q, a in zip(params, start):
+                q.copy_(a)
+        kl = self.mean_state_kl(prepared)
+        for _ in range(max_kl_steps):
+            if kl < self.kl_limit:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            for p in prepared:
+                (state_kl(self._forward(p)[2], self._reference_logits(p), p).sum() / sum(
+                    len(b["input_ids"]) for b in prepared)).backward()
+            optimizer.step()
+            kl = self.mean_state_kl(prepared)
+        optimizer.zero_grad(set_to_none=True)
+        return kl, lam
+
     # ------------------------------------------------------------------ online loop
     def train_online(
         self,
@@ -391,6 +447,7 @@ class PPO(Learner):
             self.train()
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(it, cfg)
+            start = [q.detach().clone() for q in self.model.parameters()] if self.kl_limit else []
             acc: dict[str, float] = {}
             n_updates, stopped = 0, False
             for _ in range(self.epochs):
@@ -416,17 +473,22 @@ class PPO(Learner):
                     if over:
                         stopped = True
                         break
+            if self.kl_limit:
+                kl_after, lam = self.enforce_kl_limit(prepared, start, optimizer)
+                limit_metrics = {"kl_after_update": kl_after, "kl_backtrack": lam}
+            else:
+                limit_metrics = {}
             kl = float(torch.cat([p["kl"] for p in prepared]).mean())
             score = float(torch.cat([p["score"] for p in prepared]).mean())
             self.kl_coef.fill_(self.kl.update(kl, len(examples)))
-            metrics = {**{k: v / max(n_updates, 1) for k, v in acc.items()}, "updates": n_updates,
+            metrics = {**{k: v / max(n_updates, 1) for k, v in acc.items()}, **limit_metrics, "updates": n_updates,
                        "episode_return": float(np.mean([r["return"] for r in rows])), "reward_score": score,
                        "kl_to_ref": kl, "kl_coef": float(self.kl_coef), "lr": optimizer.param_groups[0]["lr"]}
             done = it + 1
             if log_fn and (done % cfg.log_every == 0 or done == cfg.steps):
                 log_fn({f"train/{k}": v for k, v in metrics.items()}, done)
-            log.info("ppo iteration %d: return %.4f, KL %.4f (coef %.4f)", done, metrics["episode_return"], kl,
-                     float(self.kl_coef))
+            log.info("ppo iteration %d: return %.4f, KL %.4f (coef %.4f)%s", done, metrics["episode_return"], kl,
+                     float(self.kl_coef), f", KL after update {kl_after:.4f} (step kept {lam:g})" if self.kl_limit else "")
             if eval_fn is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
                 eval_fn(done)
             if checkpoint_dir is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
