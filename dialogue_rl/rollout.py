@@ -54,6 +54,8 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from dialogue_rl.models.lm import cache_kwargs, output_cache
+
 log = logging.getLogger(__name__)
 
 #: ``perturb(hidden [B, H], logits [B, V]) -> logits [B, V]``, applied after temperature/top-k.
@@ -163,10 +165,10 @@ def decode(
         past = new_cache(ids.shape[1] + sampling.max_utterance_tokens)
     full_attn = attn if past_attn is None else torch.cat([past_attn, attn], dim=1)
     out = model(
-        input_ids=ids, attention_mask=full_attn, position_ids=pos, past_key_values=past, use_cache=True,
-        output_hidden_states=want_hidden,
+        input_ids=ids, attention_mask=full_attn, position_ids=pos, use_cache=True,
+        output_hidden_states=want_hidden, **cache_kwargs(model, past),
     )
-    cache = out.past_key_values
+    cache = output_cache(out)
     logits_last = out.logits[:, -1]
     hidden_last = out.hidden_states[-1][:, -1] if want_hidden else None
     next_pos = pos[:, -1] + 1
@@ -197,9 +199,9 @@ def decode(
         full_attn = torch.cat([full_attn, live[:, None].to(full_attn.dtype)], dim=1)
         out = model(
             input_ids=tok[:, None], attention_mask=full_attn, position_ids=next_pos[:, None],
-            past_key_values=cache, use_cache=True, output_hidden_states=want_hidden,
+            use_cache=True, output_hidden_states=want_hidden, **cache_kwargs(model, cache),
         )
-        cache = out.past_key_values
+        cache = output_cache(out)
         logits_last = out.logits[:, -1]
         hidden_last = out.hidden_states[-1][:, -1] if want_hidden else None
         fed_mask.append(live)

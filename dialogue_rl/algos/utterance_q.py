@@ -114,6 +114,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dialogue_rl.rollout import SamplingConfig, generate_utterances
+from dialogue_rl.models.lm import cache_kwargs, output_cache
 from dialogue_rl.algos.base import Learner, TokenBatch, hidden_size, make_head
 from envs.core import AGENT, DialogueEnv, Turn
 from envs.token_view import TokenCodec, encode_dialogue
@@ -585,14 +586,14 @@ class UtteranceQ(Learner):
         h_ids, h_attn, h_len = _right_pad(states, self.pad_id, dev)
         out = backbone(input_ids=h_ids, attention_mask=h_attn, use_cache=True)
         idx = torch.tensor(pair_state, dtype=torch.long, device=dev)
-        cache = _select_cache(out.past_key_values, idx)
+        cache = _select_cache(output_cache(out), idx)
         u_ids, u_attn, u_len = _right_pad(utts, self.pad_id, dev)
         attn = torch.cat([h_attn[idx], u_attn], dim=1)
         pos = h_len[idx, None] + torch.arange(u_ids.shape[1], device=dev)[None]
         if self.max_positions is not None:  # only padding can run past the table (see _fit)
             pos = pos.clamp_max(self.max_positions - 1)
         hidden = backbone(
-            input_ids=u_ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True
+            input_ids=u_ids, attention_mask=attn, position_ids=pos, use_cache=True, **cache_kwargs(backbone, cache)
         ).last_hidden_state
         rows = torch.arange(len(utts), device=dev)
         feats = hidden[rows, u_len - 1]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedModel
@@ -84,3 +87,21 @@ def n_params(model: torch.nn.Module, non_embedding: bool = False) -> int:
 
 def _is_position_embedding(name: str) -> bool:
     return name.endswith(("wpe.weight", "position_embeddings.weight", "embed_positions.weight"))
+
+
+@functools.cache
+def _cache_kwarg_of(forward_cls: type) -> str:
+    params = inspect.signature(forward_cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
+    """``{<name>: cache}`` for ``model``'s forward: ``cache`` in transformers >= 5.2x,
+    ``past_key_values`` before (deprecated there, removed in 5.40)."""
+    return {_cache_kwarg_of(type(model)): cache}
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache of a model output, under either name (``cache`` / ``past_key_values``)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
