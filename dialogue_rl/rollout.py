@@ -255,6 +255,14 @@ class BufferedLayer(DynamicLayer):
     ``DynamicLayer.update`` runs ``torch.cat`` over the whole cache at each decoding step,
     an ``O(T)`` copy per token (``O(T^2)`` per utterance); here a step writes only its
     own column. ``keys``/``values`` are views of the filled part of the buffer.
+
+    Attention gets the *whole* buffer (as with transformers' ``StaticCache``): the filled
+    part alone is a strided view (row stride = capacity), on which CPU attention kernels
+    ran 2-6x slower than on a contiguous tensor (one query over 80-150 positions, 64-512
+    rows). :meth:`get_mask_sizes` reports the capacity, so the 2-D attention mask is padded
+    with zeros over the unfilled columns (``masking_utils.prepare_padding_mask``) and
+    causality hides them too; the buffer is zero-initialised, so a masked column adds
+    exactly 0 to the output.
     """
 
     def __init__(self, capacity_hint: int = 0) -> None:
@@ -274,13 +282,25 @@ class BufferedLayer(DynamicLayer):
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True
 
-    def _reserve(self, need: int, k: torch.Tensor, v: torch.Tensor) -> None:
+    def _capacity(self, need: int) -> int:
+        """The buffer's width once ``need`` positions are stored."""
         cap = 0 if self._kbuf is None else self._kbuf.shape[-2]
-        if need <= cap and self._kbuf.shape[0] == k.shape[0]:
+        return cap if need <= cap else max(need, 2 * cap, self.capacity_hint)
+
+    def _reserve(self, need: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        if self._kbuf is not None and self._kbuf.shape[0] != k.shape[0]:
+            raise ValueError(f"BufferedLayer: {k.shape[0]} rows for a cache of {self._kbuf.shape[0]} "
+                             "(change the batch with batch_select_indices / batch_repeat_interleave)")
+        cap = 0 if self._kbuf is None else self._kbuf.shape[-2]
+        if need <= cap:
             return
-        new_cap = max(need, 2 * cap, self.capacity_hint)
+        new_cap = self._capacity(need)
         kb = k.new_empty(*k.shape[:-2], new_cap, k.shape[-1])
         vb = v.new_empty(*v.shape[:-2], new_cap, v.shape[-1])
+        # the columns not yet written are zeros, not garbage: masked columns get weight 0,
+        # and 0 * NaN would still be NaN (columns [0, need) are about to be written)
+        kb[..., need:, :] = 0
+        vb[..., need:, :] = 0
         if self._len:
             kb[..., : self._len, :] = self._kbuf[..., : self._len, :]
             vb[..., : self._len, :] = self._vbuf[..., : self._len, :]
@@ -295,10 +315,16 @@ class BufferedLayer(DynamicLayer):
         self._vbuf[..., n: n + s, :] = value_states
         self._len = n + s
         self.keys, self.values = self._kbuf[..., : n + s, :], self._vbuf[..., : n + s, :]
-        return self.keys, self.values
+        return self._kbuf, self._vbuf
 
     def get_seq_length(self) -> int:
         return self._len if self.is_initialized else 0
+
+    def get_mask_sizes(self, query_length: int | torch.Tensor, *args: Any) -> tuple[int, int]:
+        """``(kv_length, kv_offset)`` of the mask: the buffer's width after this update
+        (older transformers pass the ``cache_position`` tensor instead of its length)."""
+        q = query_length.shape[0] if isinstance(query_length, torch.Tensor) else int(query_length)
+        return self._capacity(self.get_seq_length() + q), 0
 
     def _replace(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         self._kbuf = self._vbuf = None
@@ -326,11 +352,25 @@ class BufferedLayer(DynamicLayer):
             self._replace(self.keys[indices, ...], self.values[indices, ...])
 
 
+class BufferedCache(DynamicCache):
+    """A ``DynamicCache`` whose layers are :class:`BufferedLayer` s; before its layers exist
+    (the first forward) it reports the mask width their buffers will have."""
+
+    def __init__(self, capacity_hint: int) -> None:
+        super().__init__()
+        self.capacity_hint = int(capacity_hint)
+        self.layer_class_to_replicate = partial(BufferedLayer, self.capacity_hint)
+
+    def get_mask_sizes(self, query_length: int | torch.Tensor, layer_idx: int = 0, *args: Any) -> tuple[int, int]:
+        if layer_idx >= len(self.layers):
+            return BufferedLayer(self.capacity_hint).get_mask_sizes(query_length)
+        return self.layers[layer_idx].get_mask_sizes(query_length)
+
+
 def new_cache(capacity_hint: int, layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> DynamicCache:
-    """A ``DynamicCache`` of :class:`BufferedLayer` s, empty or holding ``layers``' keys and values,
+    """A :class:`BufferedCache`, empty or holding ``layers``' keys and values,
     each with room for ``capacity_hint`` positions."""
-    cache = DynamicCache()
-    cache.layer_class_to_replicate = partial(BufferedLayer, capacity_hint)
+    cache = BufferedCache(capacity_hint)
     if layers is not None:
         cache.layers = [BufferedLayer.from_tensors(k, v, capacity_hint) for k, v in layers]
     return cache

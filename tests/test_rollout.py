@@ -119,3 +119,34 @@ def test_common_prefix():
     assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
     assert common_prefix(list(range(200)), list(range(150)) + [0]) == 150
     assert common_prefix([], [1]) == 0
+
+
+@pytest.mark.parametrize("capacity", [0, 9, 64])
+def test_buffered_cache_logits_equal_a_full_forward(capacity):
+    """Prefill then token-by-token steps through a BufferedCache (attention reads its whole
+    buffer, unfilled columns masked; capacity 0 and 9 make it grow mid-way) give the logits
+    of one uncached forward over the left-padded sequence."""
+    from dialogue_rl.rollout import BufferedLayer, new_cache
+
+    tok, _, model, _ = _setup(GUESS, seed=2)
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(5, len(tok), (n,), generator=gen).tolist() for n in (7, 12, 4)]
+    ids, attn, pos = left_pad(seqs, tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits
+        prefix = 5  # widest row's first 5 columns, then one column at a time
+        cache = new_cache(capacity)
+        out = model(input_ids=ids[:, :prefix], attention_mask=attn[:, :prefix], position_ids=pos[:, :prefix],
+                    cache=cache, use_cache=True)
+        steps = [out.logits]
+        for t in range(prefix, ids.shape[1]):
+            out = model(input_ids=ids[:, t:t + 1], attention_mask=attn[:, :t + 1], position_ids=pos[:, t:t + 1],
+                        cache=cache, use_cache=True)
+            steps.append(out.logits)
+    got = torch.cat(steps, dim=1)
+    real = attn.bool()
+    assert torch.allclose(got[real], full[real], atol=1e-5)
+    layer = cache.layers[0]
+    assert isinstance(layer, BufferedLayer) and layer.get_seq_length() == ids.shape[1]
+    assert layer.keys.shape[-2] == ids.shape[1] and layer._kbuf.shape[-2] >= max(capacity, ids.shape[1])
