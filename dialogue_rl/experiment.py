@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -425,12 +426,21 @@ def load_saved_agent(checkpoint: str | Path, base_dir: Path, device: str = "auto
     return SavedAgent(learner, tok, saved, path, int(state["step"]), dev)
 
 
-def run_saved_agent(cfg: DictConfig, run_dir: Path, base_dir: Path) -> dict[str, Any]:
-    """Evaluate a checkpoint written by :func:`run_training` (its own config and tokenizer)."""
-    check_env_id(cfg.env.id)
+def env_set_on_command_line(overrides: Sequence[str]) -> bool:
+    """Whether Hydra task overrides choose or change the env (``env=...``, ``env.x=...``,
+    ``+env.kwargs.y=...``)."""
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in overrides)
+    return any(k == "env" or k.startswith("env.") for k in keys)
+
+
+def run_saved_agent(cfg: DictConfig, run_dir: Path, base_dir: Path, env_from_cli: bool = False) -> dict[str, Any]:
+    """Evaluate a checkpoint written by :func:`run_training` (its own config and tokenizer)
+    on the env it was trained on (its saved env config, kwargs included), or on ``cfg.env``
+    when ``env_from_cli`` (the command line set the env: :func:`env_set_on_command_line`)."""
     loaded = load_saved_agent(cfg.checkpoint, base_dir, cfg.device)
     saved, path = loaded.config, loaded.path
-    env_cfg = cfg.env if cfg.env.id != saved.env.id else saved.env
+    env_cfg = cfg.env if env_from_cli else saved.env
+    check_env_id(env_cfg.id)
     res = run_eval(loaded.agent(cfg.seed, env=env_cfg, eval_cfg=cfg.eval), cfg, env=env_cfg)
     write_samples(run_dir / "samples.jsonl", res)
     results = {

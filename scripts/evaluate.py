@@ -1,6 +1,7 @@
 """Evaluate a saved agent or a scripted policy.
 
     python scripts/evaluate.py checkpoint=runs/<run>/checkpoints/step_00001500
+    python scripts/evaluate.py checkpoint=runs/<run> env=twenty_questions   # another env than the run's
     python scripts/evaluate.py policy=expert env=guess_which eval.n_episodes=500
 """
 
@@ -25,13 +26,15 @@ log = logging.getLogger("evaluate")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @guard
 def main(cfg: DictConfig) -> None:
-    from dialogue_rl.experiment import run_saved_agent, run_scripted
+    from dialogue_rl.experiment import env_set_on_command_line, run_saved_agent, run_scripted
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.policy:
         results = run_scripted(cfg, run_dir, cfg.policy)
     elif cfg.checkpoint:
-        results = run_saved_agent(cfg, run_dir, Path(get_original_cwd()))
+        # the checkpoint's own env (kwargs included) unless the command line sets one
+        results = run_saved_agent(cfg, run_dir, Path(get_original_cwd()),
+                                  env_from_cli=env_set_on_command_line(HydraConfig.get().overrides.task))
     else:
         raise ConfigError("nothing to evaluate (conf/train.yaml: checkpoint and policy are null); "
                           "fix: pass checkpoint=<run dir or checkpoints/step_*> or policy=<name>")

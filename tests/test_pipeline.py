@@ -102,6 +102,24 @@ def test_train_cli_writes_results_and_evaluate_reloads(tmp_path):
     assert again["eval"]["mean_return"] == pytest.approx(res["eval"]["mean_return"])
 
 
+def test_evaluate_uses_the_checkpoints_env_unless_the_command_line_sets_one(tmp_path):
+    from dialogue_rl.experiment import env_set_on_command_line
+
+    tiny = [a for a in TINY if not a.startswith("data.n_")] + ["data.n_train=8", "data.n_validation=2"]
+    out = _cli([str(ROOT / "scripts/train.py"), *tiny, "algo=bc", "env=maze_fo", "+env.kwargs.max_steps=3",
+                "+data.env_kwargs.max_steps=3", "hydra.run.dir=run"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for extra, env_id, max_len in (([], "dialogue_rl/MazeFO-v0", 3), (["env=guess_which"], "dialogue_rl/GuessWhich-v0", 5)):
+        ev = _cli([str(ROOT / "scripts/evaluate.py"), "checkpoint=run", "eval.n_episodes=4", "progress=false",
+                   *extra, f"hydra.run.dir=ev{len(extra)}"], tmp_path)
+        assert ev.returncode == 0, ev.stderr[-3000:]
+        res = json.loads((tmp_path / f"ev{len(extra)}/results.json").read_text())
+        # the saved 3-turn maze (kwargs included), not the command line's default GuessWhich
+        assert res["env_id"] == env_id and res["eval"]["mean_length"] <= max_len
+    assert env_set_on_command_line(["env=maze_fo"]) and env_set_on_command_line(["+env.kwargs.max_steps=3"])
+    assert not env_set_on_command_line(["eval.n_episodes=4", "checkpoint=run", "environment=x"])
+
+
 # config errors of the CLI (one line, exit status 2): tests/test_cli_errors.py
 
 
