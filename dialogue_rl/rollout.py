@@ -46,7 +46,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
@@ -248,6 +247,46 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+Alloc = Callable[[str, tuple[int, ...], torch.dtype, torch.device], torch.Tensor]
+
+
+class BufferPool:
+    """Contiguous KV buffers reused from one turn to the next.
+
+    :meth:`take` hands out a contiguous view of a flat storage kept under a key, grown
+    (by half again) only when too small. A fresh multi-megabyte tensor at every turn costs
+    the page faults of first touching its memory; measured on a cached 64-episode
+    GuessWhich rollout, the per-turn buffer allocations and their copies took about a
+    fifth of the time (``docs/performance.md``). A view stays valid until its key is taken
+    again: the caller alternates two sets of keys (``parity``) so that a turn reads the
+    previous turn's buffers while it writes its own.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[Hashable, torch.Tensor] = {}
+
+    def take(self, key: Hashable, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        n = 1
+        for d in shape:
+            n *= int(d)
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
+            grown = buf.numel() + buf.numel() // 2 if buf is not None else 0
+            # zeros, not empty: never hand out NaN bit patterns (see BufferedLayer)
+            buf = torch.zeros(max(n, grown), dtype=dtype, device=device)
+            self._bufs[key] = buf
+        return buf[:n].view(*shape)
+
+    def allocator(self, parity: int) -> Callable[[int], Alloc]:
+        """``for_layer(i)`` -> the ``alloc(kind, shape, dtype, device)`` of layer ``i``'s buffers."""
+        def for_layer(i: int) -> Alloc:
+            return lambda kind, shape, dtype, device: self.take((parity, i, kind), shape, dtype, device)
+        return for_layer
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._bufs.values())
+
+
 class BufferedLayer(DynamicLayer):
     """A Hugging Face dynamic cache layer that writes new keys/values into a preallocated
     buffer (grown by doubling) instead of concatenating at every token.
@@ -265,17 +304,29 @@ class BufferedLayer(DynamicLayer):
     exactly 0 to the output.
     """
 
-    def __init__(self, capacity_hint: int = 0) -> None:
+    def __init__(self, capacity_hint: int = 0, alloc: Alloc | None = None) -> None:
         super().__init__()
         self.capacity_hint = int(capacity_hint)
+        self.alloc = alloc  # where the first buffer comes from (a BufferPool); growth allocates afresh
         self._kbuf: torch.Tensor | None = None
         self._vbuf: torch.Tensor | None = None
         self._len = 0
 
     @classmethod
-    def from_tensors(cls, keys: torch.Tensor, values: torch.Tensor, capacity_hint: int = 0) -> BufferedLayer:
-        layer = cls(capacity_hint)
+    def from_tensors(cls, keys: torch.Tensor, values: torch.Tensor, capacity_hint: int = 0,
+                     alloc: Alloc | None = None) -> BufferedLayer:
+        layer = cls(capacity_hint, alloc)
         layer.update(keys, values)
+        return layer
+
+    @classmethod
+    def from_buffers(cls, kbuf: torch.Tensor, vbuf: torch.Tensor, length: int) -> BufferedLayer:
+        """A layer over full buffers ``[B, heads, capacity, head_dim]`` whose first ``length``
+        columns are filled (no copy; the other columns must hold finite values: they are masked)."""
+        layer = cls(kbuf.shape[-2])
+        layer.lazy_initialization(kbuf, vbuf)
+        layer._kbuf, layer._vbuf, layer._len = kbuf, vbuf, int(length)
+        layer.keys, layer.values = kbuf[..., :length, :], vbuf[..., :length, :]
         return layer
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -295,8 +346,12 @@ class BufferedLayer(DynamicLayer):
         if need <= cap:
             return
         new_cap = self._capacity(need)
-        kb = k.new_empty(*k.shape[:-2], new_cap, k.shape[-1])
-        vb = v.new_empty(*v.shape[:-2], new_cap, v.shape[-1])
+        kshape = (*k.shape[:-2], new_cap, k.shape[-1])
+        vshape = (*v.shape[:-2], new_cap, v.shape[-1])
+        if self._kbuf is None and self.alloc is not None:
+            kb, vb = self.alloc("k", kshape, k.dtype, k.device), self.alloc("v", vshape, v.dtype, v.device)
+        else:  # growing: never into pooled storage the old buffer may share
+            kb, vb = k.new_empty(kshape), v.new_empty(vshape)
         # the columns not yet written are zeros, not garbage: masked columns get weight 0,
         # and 0 * NaN would still be NaN (columns [0, need) are about to be written)
         kb[..., need:, :] = 0
@@ -356,10 +411,15 @@ class BufferedCache(DynamicCache):
     """A ``DynamicCache`` whose layers are :class:`BufferedLayer` s; before its layers exist
     (the first forward) it reports the mask width their buffers will have."""
 
-    def __init__(self, capacity_hint: int) -> None:
+    def __init__(self, capacity_hint: int, alloc: Callable[[int], Alloc] | None = None) -> None:
         super().__init__()
         self.capacity_hint = int(capacity_hint)
-        self.layer_class_to_replicate = partial(BufferedLayer, self.capacity_hint)
+        self.alloc = alloc  # layer index -> its allocator (BufferPool.allocator), or None
+        self.layer_class_to_replicate = self._new_layer
+
+    def _new_layer(self) -> BufferedLayer:
+        # DynamicCache.update appends the new layer at index len(self.layers)
+        return BufferedLayer(self.capacity_hint, None if self.alloc is None else self.alloc(len(self.layers)))
 
     def get_mask_sizes(self, query_length: int | torch.Tensor, layer_idx: int = 0, *args: Any) -> tuple[int, int]:
         if layer_idx >= len(self.layers):
@@ -367,12 +427,21 @@ class BufferedCache(DynamicCache):
         return self.layers[layer_idx].get_mask_sizes(query_length)
 
 
-def new_cache(capacity_hint: int, layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> DynamicCache:
-    """A :class:`BufferedCache`, empty or holding ``layers``' keys and values,
-    each with room for ``capacity_hint`` positions."""
-    cache = BufferedCache(capacity_hint)
+def new_cache(
+    capacity_hint: int,
+    layers: Sequence[tuple[torch.Tensor, torch.Tensor]] | Sequence[BufferedLayer] | None = None,
+    alloc: Callable[[int], Alloc] | None = None,
+) -> DynamicCache:
+    """A :class:`BufferedCache` with room for ``capacity_hint`` positions a layer: empty, or
+    holding ``layers`` (ready :class:`BufferedLayer` s, or ``(keys, values)`` to copy in).
+    ``alloc`` (``BufferPool.allocator(parity)``) provides the buffers of the layers it creates."""
+    cache = BufferedCache(capacity_hint, alloc)
     if layers is not None:
-        cache.layers = [BufferedLayer.from_tensors(k, v, capacity_hint) for k, v in layers]
+        cache.layers = [
+            layer if isinstance(layer, BufferedLayer)
+            else BufferedLayer.from_tensors(layer[0], layer[1], capacity_hint, None if alloc is None else alloc(i))
+            for i, layer in enumerate(layers)
+        ]
     return cache
 
 
@@ -388,6 +457,42 @@ def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         if type(layer) not in (DynamicLayer, BufferedLayer) or getattr(layer, "keys", None) is None:
             return None
         out.append((layer.keys, layer.values))
+    return out
+
+
+def partial_kind(alloc: Alloc, kind: str) -> Callable[[tuple[int, ...], torch.dtype, torch.device], torch.Tensor]:
+    return lambda shape, dtype, device: alloc(kind, shape, dtype, device)
+
+
+def compact_columns(
+    x: torch.Tensor, src: torch.Tensor, cols: torch.Tensor, capacity: int,
+    alloc: Callable[[tuple[int, ...], torch.dtype, torch.device], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``out[b, h, c] = x[src[b], h, cols[b, c]]`` for ``c < cols.shape[1]``, in a contiguous
+    ``[B, heads, capacity, head_dim]`` buffer (from ``alloc``, else new) whose later columns
+    hold finite values (zeros or copies of real keys: they are masked).
+
+    ``x`` (``[R, heads, W, head_dim]``, typically the filled view of a wider buffer) is read
+    as rows of ``head_dim`` values and copied with one ``index_select`` straight into the
+    buffer: no intermediate ``x[src]`` copy and no ``[B, heads, width, head_dim]`` index.
+    """
+    b, width = cols.shape
+    _, h, _, d = x.shape
+    shape = (b, h, capacity, d)
+    out = alloc(shape, x.dtype, x.device) if alloc is not None else x.new_empty(shape)
+    st = x.stride()
+    if st[3] == 1 and all(t % d == 0 for t in st[:3]) and x.storage_offset() % d == 0:
+        sr, sh, sc = (t // d for t in st[:3])
+        n_rows = (x.shape[0] - 1) * sr + (h - 1) * sh + (x.shape[2] - 1) * sc + 1
+        rows = x.as_strided((n_rows, d), (d, 1))  # every head_dim vector of x's storage span
+        idx = torch.zeros(b, h, capacity, dtype=torch.long, device=x.device)  # columns >= width: row 0
+        idx[:, :, :width] = (src * sr)[:, None, None] + (torch.arange(h, device=x.device) * sh)[None, :, None] \
+            + (cols * sc)[:, None, :]
+        torch.index_select(rows, 0, idx.view(-1), out=out.view(-1, d))
+    else:  # exotic layouts: gather, then zero the rest
+        g = x[src].gather(2, cols[:, None, :, None].expand(-1, h, -1, d))
+        out[:, :, :width] = g
+        out[:, :, width:] = 0
     return out
 
 
@@ -411,13 +516,16 @@ class TurnCache:
         self.slots, self.tokens, self.layers, self.attn = [], [], None, None
 
     def prepare(
-        self, prompts: Sequence[Sequence[int]], slots: Sequence[Hashable], device: torch.device
-    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]] | None, torch.Tensor | None, list[int]]:
+        self, prompts: Sequence[Sequence[int]], slots: Sequence[Hashable], device: torch.device,
+        extra: int = 0, alloc: Callable[[int], Alloc] | None = None,
+    ) -> tuple[list[BufferedLayer] | None, torch.Tensor | None, list[int]]:
         """Compact the cache to the reusable prefix of each prompt.
 
-        Returns ``(past, past_attn, keep)``: per-layer ``(keys, values)`` of width
+        Returns ``(past, past_attn, keep)``: per-layer :class:`BufferedLayer` s of width
         ``max(keep)`` (or ``None``) whose row ``i`` holds the first ``keep[i]`` tokens of
-        ``prompts[i]``, right-aligned, and their mask.
+        ``prompts[i]``, right-aligned, and their mask. Their buffers have room for the
+        longest suffix ``prompts[i][keep[i]:]`` plus ``extra`` tokens and come from
+        ``alloc`` (``BufferPool.allocator``; fresh tensors when ``None``).
         """
         index = {s: r for r, s in enumerate(self.slots)}
         src_rows: list[int] = []
@@ -432,6 +540,7 @@ class TurnCache:
         self.encoded_tokens += sum(len(p) - k for p, k in zip(prompts, keep))
         if width == 0 or self.layers is None or self.attn is None:
             return None, None, keep
+        capacity = width + max(len(p) - k for p, k in zip(prompts, keep)) + int(extra)
         # column of the j-th real token of each source row
         real = self.attn.bool()
         rank = real.long().cumsum(1) - 1  # [R, W]
@@ -448,9 +557,11 @@ class TurnCache:
         cols = col_of_rank[src].gather(1, j.clamp_min(0))  # [B, width]
         cols = torch.where(valid, cols, torch.zeros_like(cols))
         past_layers = []
-        for k_, v_ in self.layers:
-            idx = cols[:, None, :, None].expand(-1, k_.shape[1], -1, k_.shape[3])
-            past_layers.append((k_[src].gather(2, idx), v_[src].gather(2, idx)))
+        for i, (k_, v_) in enumerate(self.layers):
+            take = None if alloc is None else alloc(i)
+            kb = compact_columns(k_, src, cols, capacity, None if take is None else partial_kind(take, "k"))
+            vb = compact_columns(v_, src, cols, capacity, None if take is None else partial_kind(take, "v"))
+            past_layers.append(BufferedLayer.from_buffers(kb, vb, width))
         return past_layers, valid.long(), keep
 
     def store(
@@ -513,6 +624,8 @@ class Rollout:
         self.amp = self.device.type == "cuda" if amp is None else amp
         self.cache = TurnCache()
         self.stats = RolloutStats()
+        self.pool = BufferPool()  # KV buffers, two alternating sets (see BufferPool)
+        self._parity = 0
 
     def reset(self) -> None:
         """Forget every cached dialogue."""
@@ -525,13 +638,16 @@ class Rollout:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("Rollout.act: empty prompt")
         self.model.eval()
+        self._parity ^= 1  # this turn's buffers; the cache being read holds the other parity's
+        alloc = self.pool.allocator(self._parity)
+        budget = self.sampling.max_utterance_tokens
         past, past_attn, keep = (None, None, [0] * len(prompts))
         if self.cross_turn:
-            past, past_attn, keep = self.cache.prepare(prompts, slots, self.device)
+            past, past_attn, keep = self.cache.prepare(prompts, slots, self.device, extra=budget, alloc=alloc)
         suffixes = [p[k:] for p, k in zip(prompts, keep)]
         ids, attn, pos = left_pad(suffixes, self.pad_id, self.device, start=keep)
         width = (0 if past_attn is None else past_attn.shape[1]) + ids.shape[1]
-        past = new_cache(width + self.sampling.max_utterance_tokens, past)
+        past = new_cache(width + budget, past, alloc)
         self.stats.calls += 1
         self.stats.prompt_tokens += sum(len(p) for p in prompts)
         self.stats.encoded_tokens += sum(len(s) for s in suffixes)

@@ -243,6 +243,14 @@ def test_ppo_registered_with_a_schema():
     assert LEARNERS["ppo"] is PPO and "ppo" in ALGO_SCHEMAS and PPO.online and PPO.needs_bc_init
 
 
+@pytest.mark.parametrize("kw", [{"temperature": 0.7}, {"top_k": 5}])
+def test_rollout_sampling_other_than_the_policy_is_refused(kw):
+    """The ratio and KL use softmax(logits): rollouts at another temperature or top-k would
+    make every update off-policy, so the learner refuses them with the fix in the message."""
+    with pytest.raises(ValueError, match="algo.temperature=1.0 algo.top_k=0"):
+        _ppo(**kw)
+
+
 def test_enforce_kl_limit_backtracks_towards_the_start_until_under_the_limit():
     learner, batch = _prepared_novice_batch()
     start = [p.detach().clone() for p in learner.model.parameters()]  # the reference: KL 0

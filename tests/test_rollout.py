@@ -126,6 +126,7 @@ def test_buffered_cache_logits_equal_a_full_forward(capacity):
     """Prefill then token-by-token steps through a BufferedCache (attention reads its whole
     buffer, unfilled columns masked; capacity 0 and 9 make it grow mid-way) give the logits
     of one uncached forward over the left-padded sequence."""
+    from dialogue_rl.models.lm import cache_kwargs
     from dialogue_rl.rollout import BufferedLayer, new_cache
 
     tok, _, model, _ = _setup(GUESS, seed=2)
@@ -138,11 +139,11 @@ def test_buffered_cache_logits_equal_a_full_forward(capacity):
         prefix = 5  # widest row's first 5 columns, then one column at a time
         cache = new_cache(capacity)
         out = model(input_ids=ids[:, :prefix], attention_mask=attn[:, :prefix], position_ids=pos[:, :prefix],
-                    cache=cache, use_cache=True)
+                    use_cache=True, **cache_kwargs(model, cache))
         steps = [out.logits]
         for t in range(prefix, ids.shape[1]):
             out = model(input_ids=ids[:, t:t + 1], attention_mask=attn[:, :t + 1], position_ids=pos[:, t:t + 1],
-                        cache=cache, use_cache=True)
+                        use_cache=True, **cache_kwargs(model, cache))
             steps.append(out.logits)
     got = torch.cat(steps, dim=1)
     real = attn.bool()
@@ -150,3 +151,65 @@ def test_buffered_cache_logits_equal_a_full_forward(capacity):
     layer = cache.layers[0]
     assert isinstance(layer, BufferedLayer) and layer.get_seq_length() == ids.shape[1]
     assert layer.keys.shape[-2] == ids.shape[1] and layer._kbuf.shape[-2] >= max(capacity, ids.shape[1])
+
+
+@pytest.mark.parametrize("layout", ["buffer_view", "contiguous", "transposed"])
+def test_compact_columns_matches_a_python_gather(layout):
+    """compact_columns copies row src[b]'s columns cols[b] (any order, repeats allowed) into a
+    contiguous buffer of the requested width, from the filled view of a wider buffer (the
+    BufferedLayer case), a plain tensor, or a layout that takes the fallback path; the
+    columns past the copied ones are finite."""
+    from dialogue_rl.rollout import compact_columns
+
+    gen = torch.Generator().manual_seed(0)
+    r, h, w, d = 5, 3, 7, 4
+    if layout == "buffer_view":
+        x = torch.randn(r, h, w + 6, d, generator=gen)[:, :, :w]
+    elif layout == "contiguous":
+        x = torch.randn(r, h, w, d, generator=gen)
+    else:
+        x = torch.randn(r, h, d, w, generator=gen).transpose(2, 3)
+    src = torch.tensor([4, 0, 0, 2])
+    cols = torch.randint(0, w, (4, 5), generator=gen)
+    out = compact_columns(x, src, cols, capacity=9)
+    assert out.shape == (4, h, 9, d) and out.is_contiguous()
+    for b in range(4):
+        for c in range(5):
+            assert torch.equal(out[b, :, c], x[src[b], :, cols[b, c]])
+    assert torch.isfinite(out).all()
+
+
+def test_buffer_pool_reuses_storage_per_key_and_parity():
+    from dialogue_rl.rollout import BufferPool
+
+    pool = BufferPool()
+    a = pool.take((0, 0, "k"), (2, 3, 4), torch.float32, torch.device("cpu"))
+    assert torch.count_nonzero(a) == 0  # fresh storage is zeros, never garbage
+    a.fill_(1.0)
+    b = pool.take((0, 0, "k"), (2, 2, 4), torch.float32, torch.device("cpu"))  # smaller: same storage
+    assert b.data_ptr() == a.data_ptr() and b.is_contiguous()
+    other = pool.take((1, 0, "k"), (2, 3, 4), torch.float32, torch.device("cpu"))  # other parity
+    assert other.data_ptr() != a.data_ptr()
+    big = pool.take((0, 0, "k"), (4, 3, 4), torch.float32, torch.device("cpu"))  # larger: grown
+    assert big.numel() == 48 and torch.count_nonzero(big) == 0
+    alloc = pool.allocator(1)(0)
+    assert alloc("k", (2, 3, 4), torch.float32, torch.device("cpu")).data_ptr() == other.data_ptr()
+
+
+def test_pooled_rollout_keeps_results_when_rows_drop_out():
+    """Deal or No Deal episodes of different lengths (batch of 6): rows leave the batch as
+    their episodes end, so the compaction reads a subset of the previous turn's rows; the
+    pooled cross-turn cache still gives the re-encoding agent's transcripts, twice in a
+    row on the same agent (the pool's buffers are reused across batches)."""
+    env_id = "dialogue_rl/DealOrNoDeal-v0"
+    tok, c, model, perturb = _setup(env_id, seed=4)
+    sampling = SamplingConfig(greedy=True, max_utterance_tokens=6)
+    ban = [tok.pad_token_id, tok.bos_token_id, tok.unk_token_id]
+    kv = LMAgent(model, c, sampling, perturb=perturb, banned_ids=ban, cross_turn=True)
+    ref = LMAgent(model, c, sampling, perturb=perturb, banned_ids=ban, cross_turn=False)
+    first, res = _transcripts(kv, env_id)
+    again, _ = _transcripts(kv, env_id)
+    want, _ = _transcripts(ref, env_id)
+    assert first == want and again == want
+    assert len({e["length"] for e in res.episodes}) > 1  # the episodes did end at different turns
+    assert kv.rollout.pool.nbytes() > 0  # the buffers came from the pool

@@ -264,6 +264,11 @@ class PPO(Learner):
         self.whiten, self.seed = whiten, seed
         self.kl = (AdaptiveKLController(kl_coef, kl_target, kl_horizon) if kl_target > 0
                    else FixedKLController(kl_coef))
+        if temperature != 1.0 or top_k != 0:
+            # rollouts would sample softmax(logits / T) (top-k truncated) while the ratio, the
+            # KL and the gradient are those of softmax(logits): an off-policy update
+            raise ValueError(f"PPO temperature={temperature}, top_k={top_k}: the rollouts must sample the "
+                             "policy PPO optimises; fix: algo.temperature=1.0 algo.top_k=0")
         if kl_limit < 0 or (kl_limit and kl_target > kl_limit):
             raise ValueError(f"kl_limit={kl_limit}: must be 0 (off) or >= kl_target={kl_target}")
         self.kl_limit = kl_limit
