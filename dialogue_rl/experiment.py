@@ -179,13 +179,18 @@ def _run_training(cfg: DictConfig, run_dir: Path, base_dir: Path, dist: distribu
     train_stats = _fit_run(learner, examples, pad, cfg, train_cfg, device, run_dir, logger, plain_cfg, dist, log_eval)
     if not dist.is_main:
         return None
-    final = _final_eval(learner, tok, cfg, device, run_dir, logger)
-    return _write_run_results(run_dir, logger, cfg, plain_cfg, final, {
+    train = {
         "steps": train_stats["steps"], "tokens_per_s": train_stats["tokens_per_s"],
-        "wall_s": train_stats["wall_s"], "total_wall_s": time.perf_counter() - t0,
-        "n_dialogues": len(examples), "final_metrics": train_stats["final_metrics"],
-        "world_size": dist.world_size,
-    })
+        "wall_s": train_stats["wall_s"], "n_dialogues": len(examples),
+        "final_metrics": train_stats["final_metrics"], "world_size": dist.world_size,
+    }
+    if hasattr(learner, "sampling_report"):  # per-utterance Q: what its BC candidates cost (this process)
+        train["candidate_sampling"] = rep = learner.sampling_report(train_stats["wall_s"])
+        log.info("candidate sampling: %d candidates, %.0f candidates/s, %.0f%% of the training time",
+                 rep["candidates_sampled"], rep["candidates_per_s"], 100 * rep["sampling_fraction"])
+    final = _final_eval(learner, tok, cfg, device, run_dir, logger)
+    train["total_wall_s"] = time.perf_counter() - t0
+    return _write_run_results(run_dir, logger, cfg, plain_cfg, final, train)
 
 
 def _periodic_eval(learner: Learner, tok, cfg: DictConfig, device: torch.device, logger: RunLogger):

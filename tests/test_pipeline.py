@@ -123,6 +123,21 @@ def test_evaluate_uses_the_checkpoints_env_unless_the_command_line_sets_one(tmp_
 # config errors of the CLI (one line, exit status 2): tests/test_cli_errors.py
 
 
+def test_utterance_q_run_reports_its_candidate_sampling_cost(tmp_path):
+    """A per-utterance Q run writes what its BC candidates cost into results.json: count,
+    candidates/s over sampling time, and the share of the training wall time."""
+    bc = _cli([str(ROOT / "scripts/train.py"), *TINY, "algo=bc", "hydra.run.dir=bc"], tmp_path)
+    assert bc.returncode == 0, bc.stderr[-3000:]
+    out = _cli([str(ROOT / "scripts/train.py"), *TINY, "algo=utterance_q", "init_from=bc", "algo.n_candidates=2",
+                "algo.max_utterance_tokens=4", "hydra.run.dir=run"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    train = json.loads((tmp_path / "run/results.json").read_text())["train"]
+    rep = train["candidate_sampling"]
+    assert rep["candidates_sampled"] > 0 and rep["candidates_per_s"] > 0
+    assert 0 < rep["sampling_fraction"] < 1
+    assert rep["sampling_s"] == pytest.approx(rep["sampling_fraction"] * train["wall_s"])
+
+
 def test_init_from_a_bc_checkpoint_loads_tied_weights(tmp_path):
     from dialogue_rl import checkpoint as ckpt
     from dialogue_rl.experiment import _init_from
