@@ -671,7 +671,7 @@ def render_markdown(res: dict[str, Any], command: str) -> str:
         "  of a cached rollout in the one-query SDPA kernel and 30% in the linear layers' small",
         "  GEMMs (64 rows, near the matmul peak); copies and fills are 7% since the per-turn",
         "  compaction writes straight into pooled buffers (`rollout.BufferPool`; before, fresh",
-        "  buffers and their copies were 20% and the rollout 5-13% slower). Re-encoding adds one compute-bound prefill a",
+        "  buffers and their copies were 20% and the rollout 4-15% slower). Re-encoding adds one compute-bound prefill a",
         "  turn, so the cache's gain is that prefill's share of a turn: it grows with the turns (the",
         "  longer-dialogue figure above) but stays far from the 5x of issue #10's goal at",
         "  GuessWhich's lengths. With a trained BC model (about 10 tokens an utterance instead of",

@@ -256,7 +256,7 @@ class BufferPool:
     :meth:`take` hands out a contiguous view of a flat storage kept under a key, grown
     (by half again) only when too small. A fresh multi-megabyte tensor at every turn costs
     the page faults of first touching its memory; with fresh buffers and an extra copy per
-    turn, a cached 64-episode GuessWhich rollout ran 5% (5 turns) to 13% (10 turns) slower
+    turn, a cached 64-episode GuessWhich rollout ran 4-5% (5 turns) to 15% (10 turns) slower
     (``docs/performance.md``). A view stays valid until its key is taken
     again: the caller alternates two sets of keys (``parity``) so that a turn reads the
     previous turn's buffers while it writes its own.
