@@ -44,6 +44,7 @@ synchronisation per token is the "all rows stopped" test.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -266,9 +267,7 @@ class BufferPool:
         self._bufs: dict[Hashable, torch.Tensor] = {}
 
     def take(self, key: Hashable, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        n = 1
-        for d in shape:
-            n *= int(d)
+        n = math.prod(shape)
         buf = self._bufs.get(key)
         if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
             grown = buf.numel() + buf.numel() // 2 if buf is not None else 0
@@ -311,13 +310,6 @@ class BufferedLayer(DynamicLayer):
         self._kbuf: torch.Tensor | None = None
         self._vbuf: torch.Tensor | None = None
         self._len = 0
-
-    @classmethod
-    def from_tensors(cls, keys: torch.Tensor, values: torch.Tensor, capacity_hint: int = 0,
-                     alloc: Alloc | None = None) -> BufferedLayer:
-        layer = cls(capacity_hint, alloc)
-        layer.update(keys, values)
-        return layer
 
     @classmethod
     def from_buffers(cls, kbuf: torch.Tensor, vbuf: torch.Tensor, length: int) -> BufferedLayer:
@@ -428,20 +420,14 @@ class BufferedCache(DynamicCache):
 
 
 def new_cache(
-    capacity_hint: int,
-    layers: Sequence[tuple[torch.Tensor, torch.Tensor]] | Sequence[BufferedLayer] | None = None,
-    alloc: Callable[[int], Alloc] | None = None,
+    capacity_hint: int, layers: Sequence[BufferedLayer] | None = None, alloc: Callable[[int], Alloc] | None = None,
 ) -> DynamicCache:
-    """A :class:`BufferedCache` with room for ``capacity_hint`` positions a layer: empty, or
-    holding ``layers`` (ready :class:`BufferedLayer` s, or ``(keys, values)`` to copy in).
-    ``alloc`` (``BufferPool.allocator(parity)``) provides the buffers of the layers it creates."""
+    """A :class:`BufferedCache` with room for ``capacity_hint`` positions a layer, empty or
+    holding ``layers`` (:meth:`TurnCache.prepare`'s). ``alloc`` (``BufferPool.allocator(parity)``)
+    provides the buffers of the layers it creates."""
     cache = BufferedCache(capacity_hint, alloc)
     if layers is not None:
-        cache.layers = [
-            layer if isinstance(layer, BufferedLayer)
-            else BufferedLayer.from_tensors(layer[0], layer[1], capacity_hint, None if alloc is None else alloc(i))
-            for i, layer in enumerate(layers)
-        ]
+        cache.layers = list(layers)
     return cache
 
 
@@ -460,17 +446,13 @@ def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     return out
 
 
-def partial_kind(alloc: Alloc, kind: str) -> Callable[[tuple[int, ...], torch.dtype, torch.device], torch.Tensor]:
-    return lambda shape, dtype, device: alloc(kind, shape, dtype, device)
-
-
 def compact_columns(
-    x: torch.Tensor, src: torch.Tensor, cols: torch.Tensor, capacity: int,
-    alloc: Callable[[tuple[int, ...], torch.dtype, torch.device], torch.Tensor] | None = None,
+    x: torch.Tensor, src: torch.Tensor, cols: torch.Tensor, capacity: int, alloc: Alloc | None = None,
+    kind: str = "k",
 ) -> torch.Tensor:
     """``out[b, h, c] = x[src[b], h, cols[b, c]]`` for ``c < cols.shape[1]``, in a contiguous
-    ``[B, heads, capacity, head_dim]`` buffer (from ``alloc``, else new) whose later columns
-    hold finite values (zeros or copies of real keys: they are masked).
+    ``[B, heads, capacity, head_dim]`` buffer (``alloc(kind, ...)``, else new) whose later
+    columns hold finite values (zeros or copies of real keys: they are masked).
 
     ``x`` (``[R, heads, W, head_dim]``, typically the filled view of a wider buffer) is read
     as rows of ``head_dim`` values and copied with one ``index_select`` straight into the
@@ -479,7 +461,7 @@ def compact_columns(
     b, width = cols.shape
     _, h, _, d = x.shape
     shape = (b, h, capacity, d)
-    out = alloc(shape, x.dtype, x.device) if alloc is not None else x.new_empty(shape)
+    out = alloc(kind, shape, x.dtype, x.device) if alloc is not None else x.new_empty(shape)
     st = x.stride()
     if st[3] == 1 and all(t % d == 0 for t in st[:3]) and x.storage_offset() % d == 0:
         sr, sh, sc = (t // d for t in st[:3])
@@ -559,8 +541,8 @@ class TurnCache:
         past_layers = []
         for i, (k_, v_) in enumerate(self.layers):
             take = None if alloc is None else alloc(i)
-            kb = compact_columns(k_, src, cols, capacity, None if take is None else partial_kind(take, "k"))
-            vb = compact_columns(v_, src, cols, capacity, None if take is None else partial_kind(take, "v"))
+            kb = compact_columns(k_, src, cols, capacity, take, "k")
+            vb = compact_columns(v_, src, cols, capacity, take, "v")
             past_layers.append(BufferedLayer.from_buffers(kb, vb, width))
         return past_layers, valid.long(), keep
 

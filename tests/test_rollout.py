@@ -30,6 +30,13 @@ def _setup(env_id: str, n_positions: int = 512, seed: int = 0):
     return tok, make_codec(tok), model, perturb
 
 
+def _cached_and_plain(tok, c, model, perturb, max_tokens):
+    """Greedy agents with the cross-turn cache and re-encoding every history, same settings."""
+    sampling = SamplingConfig(greedy=True, max_utterance_tokens=max_tokens)
+    ban = [tok.pad_token_id, tok.bos_token_id, tok.unk_token_id]
+    return tuple(LMAgent(model, c, sampling, perturb=perturb, banned_ids=ban, cross_turn=x) for x in (True, False))
+
+
 def _transcripts(agent, env_id, n=6, batch_size=6, kwargs=None):
     res = evaluate(agent, env_id, kwargs, n_episodes=n, batch_size=batch_size, progress=False)
     return [e["transcript"] for e in res.episodes], res
@@ -38,10 +45,7 @@ def _transcripts(agent, env_id, n=6, batch_size=6, kwargs=None):
 @pytest.mark.parametrize("env_id", [GUESS, MAZE])
 def test_cross_turn_cache_matches_reencoding_on_episodes(env_id):
     tok, c, model, perturb = _setup(env_id)
-    sampling = SamplingConfig(greedy=True, max_utterance_tokens=8)
-    ban = [tok.pad_token_id, tok.bos_token_id, tok.unk_token_id]
-    cached = LMAgent(model, c, sampling, perturb=perturb, banned_ids=ban, cross_turn=True)
-    plain = LMAgent(model, c, sampling, perturb=perturb, banned_ids=ban, cross_turn=False)
+    cached, plain = _cached_and_plain(tok, c, model, perturb, 8)
     a, res = _transcripts(cached, env_id)
     b, _ = _transcripts(plain, env_id)
     assert a == b
@@ -203,10 +207,7 @@ def test_pooled_rollout_keeps_results_when_rows_drop_out():
     row on the same agent (the pool's buffers are reused across batches)."""
     env_id = "dialogue_rl/DealOrNoDeal-v0"
     tok, c, model, perturb = _setup(env_id, seed=4)
-    sampling = SamplingConfig(greedy=True, max_utterance_tokens=6)
-    ban = [tok.pad_token_id, tok.bos_token_id, tok.unk_token_id]
-    kv = LMAgent(model, c, sampling, perturb=perturb, banned_ids=ban, cross_turn=True)
-    ref = LMAgent(model, c, sampling, perturb=perturb, banned_ids=ban, cross_turn=False)
+    kv, ref = _cached_and_plain(tok, c, model, perturb, 6)
     first, res = _transcripts(kv, env_id)
     again, _ = _transcripts(kv, env_id)
     want, _ = _transcripts(ref, env_id)
