@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from dialogue_rl.memory import peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -339,21 +339,6 @@ def env_speeds(env_ids: Sequence[str], budget_s: float, repeats: int) -> dict[st
 
 
 # ---------------------------------------------------------------------------- memory
-def peak_rss_mb() -> float:
-    """This process's peak resident set (MiB): ``VmHWM`` of ``/proc/self/status`` on Linux
-    (reset by ``exec``, unlike ``ru_maxrss``, which a spawned child inherits from its
-    parent), else ``ru_maxrss``."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
-
-
 def _rss_child(kind: str, model_cfg: Any, device: str, steps: int, n: int, queue: Any) -> None:
     try:
         from dialogue_rl.models import build_model

@@ -116,6 +116,7 @@ def test_online_iterations_update_the_policy_not_the_reference():
     assert first["train/kl_to_ref"] == pytest.approx(0.0, abs=1e-5)
     assert first["train/reward_score"] == pytest.approx(first["train/episode_return"], abs=1e-5)
     assert all(torch.isfinite(torch.tensor(v)) for v in stats["final_metrics"].values())
+    assert all(m["train/rss_mb"] > 10 for _, m in logged)  # resident size after each iteration, MiB
     assert all(torch.equal(a, b) for a, b in zip(learner.reference.parameters(), ref))
     assert any(not torch.equal(a, b) for a, b in zip(learner.model.parameters(), before))
     assert not any(p.requires_grad for p in learner.reference.parameters())

@@ -426,6 +426,7 @@ class PPO(Learner):
         from dialogue_rl import checkpoint as ckpt
         from dialogue_rl.agents import LMAgent, SamplingConfig
         from dialogue_rl.data.views import collate_tokens, tokenize_dialogue
+        from dialogue_rl.memory import release_freed_memory, rss_mb
         from dialogue_rl.rollout import max_context
         from dialogue_rl.train import lr_at, make_optimizer
 
@@ -444,6 +445,7 @@ class PPO(Learner):
             rows = []
             for lo in range(0, len(seeds), rollout_batch):
                 rows += play_episodes(agent, env_id, env_kwargs, seeds[lo:lo + rollout_batch])
+            del agent  # its KV buffers (two turns of cache for a rollout batch) are not needed by the updates
             examples = [tokenize_dialogue(r, codec) for r in rows]
             examples = [e for e in examples if len(e["input_ids"]) <= ctx]
             prepared = [self.prepare({k: v.to(device) for k, v in collate_tokens(examples[lo:lo + self.minibatch],
@@ -472,6 +474,7 @@ class PPO(Learner):
                     if cfg.grad_clip > 0:
                         m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), cfg.grad_clip))
                     optimizer.step()
+                    del loss, kl_ref  # kl_ref's graph (when not stepped on) holds the minibatch's activations
                     n_updates += 1
                     for k, v in m.items():
                         acc[k] = acc.get(k, 0.0) + v
@@ -489,11 +492,17 @@ class PPO(Learner):
             metrics = {**{k: v / max(n_updates, 1) for k, v in acc.items()}, **limit_metrics, "updates": n_updates,
                        "episode_return": float(np.mean([r["return"] for r in rows])), "reward_score": score,
                        "kl_to_ref": kl, "kl_coef": float(self.kl_coef), "lr": optimizer.param_groups[0]["lr"]}
+            # the next iteration's rollout and minibatches have other shapes: drop this one's and
+            # hand the freed heap back (dialogue_rl.memory), or the resident size climbs
+            del rows, examples, prepared, start
+            release_freed_memory()
+            metrics["rss_mb"] = rss_mb()
             done = it + 1
             if log_fn and (done % cfg.log_every == 0 or done == cfg.steps):
                 log_fn({f"train/{k}": v for k, v in metrics.items()}, done)
-            log.info("ppo iteration %d: return %.4f, KL %.4f (coef %.4f)%s", done, metrics["episode_return"], kl,
-                     float(self.kl_coef), f", KL after update {kl_after:.4f} (step kept {lam:g})" if self.kl_limit else "")
+            log.info("ppo iteration %d: return %.4f, KL %.4f (coef %.4f)%s, RSS %.0f MiB", done, metrics["episode_return"],
+                     kl, float(self.kl_coef), f", KL after update {kl_after:.4f} (step kept {lam:g})" if self.kl_limit else "",
+                     metrics["rss_mb"])
             if eval_fn is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
                 eval_fn(done)
             if checkpoint_dir is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
