@@ -169,6 +169,7 @@ class PPOConfig(AlgoConfig):
     whiten: bool = True
     hidden: int = 0
     detach_value: bool = False  # the value loss does not train the shared backbone
+    cache_reference: bool = True  # keep the reference's log-probs at the rollout's agent states (N x vocab floats)
     seed: int = 0
     reward_model: Optional[str] = None  # a reward_model run dir: its score replaces the env reward
 

@@ -206,6 +206,23 @@ def test_kl_of_the_update_is_zero_at_the_reference_and_matches_state_kl():
     assert m["kl_ref_update"] == pytest.approx(float(expected), rel=1e-5) and m["kl_ref_update"] > 0
 
 
+def test_cached_reference_gives_the_kls_of_a_rerun_reference_without_running_it(monkeypatch):
+    """prepare() keeps the frozen reference's log-probs at the agent states; every later KL of
+    the iteration (the update's, the line search's) reads them, equal to rerunning it."""
+    learner, batch = _prepared_novice_batch()
+    n_states = int(batch["action_mask"][:, 1:].sum())
+    assert batch["ref_state_logp"].shape == (n_states, learner.model.config.vocab_size)
+    _move_away_from_the_reference(learner)
+    plain = {k: v for k, v in batch.items() if k != "ref_state_logp"}  # what cache_reference=false stores
+    rerun_kl, rerun_update = learner.mean_state_kl([plain]), learner.loss(plain)[1]["kl_ref_update"]
+    monkeypatch.setattr(learner, "_reference_logits", lambda b: pytest.fail("the reference ran again"))
+    assert learner.mean_state_kl([batch]) == pytest.approx(rerun_kl, rel=1e-6) and rerun_kl > 0
+    assert learner.loss(batch)[1]["kl_ref_update"] == pytest.approx(rerun_update, rel=1e-6)
+    monkeypatch.undo()
+    learner.cache_reference = False
+    assert "ref_state_logp" not in learner.prepare(plain)
+
+
 @pytest.mark.parametrize("detach", [False, True])
 def test_detach_value_keeps_the_value_loss_out_of_the_backbone(detach):
     learner, tok = _ppo(detach_value=detach)

@@ -72,7 +72,12 @@ limit) and ``kl_backtrack`` (the step fraction kept). The KL logged as ``kl_to_r
 on the next iteration's fresh rollout, an estimate of the same policy's KL on new states.
 The value head shares the backbone; ``detach_value`` feeds it detached
 hidden states so that the value loss, large where returns are (the maze's -15), does not
-rewrite the language model. Rewards come from the env, or
+rewrite the language model. The reference is frozen, so :meth:`PPO.prepare` keeps its
+log-probs at the rollout's agent-token states (``ref_state_logp``, ``N x V`` floats a
+minibatch: smaller than one forward's logits) for every later KL of the iteration (the
+updates' ``kl_ref`` and the line search) instead of running the reference again
+(``cache_reference=false`` recomputes them, for a large vocabulary on a small memory).
+Rewards come from the env, or
 from a Bradley–Terry reward model (``reward_fn``: the dialogue's score on its last agent
 ``<eou>``, env rewards dropped).
 """
@@ -111,13 +116,19 @@ def gather_actions(batch: TokenBatch, per_state: torch.Tensor) -> tuple[torch.Te
     return out, valid
 
 
-def state_kl(logits: torch.Tensor, ref_logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+def state_logprobs(logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+    """``log pi(.|s_t)`` over the vocabulary at the agent-token states, in order: ``[N, V]``."""
+    return F.log_softmax(logits[:, :-1][shifted_action_mask(batch)].float(), dim=-1)
+
+
+def state_kl(logits: torch.Tensor, ref: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
     """Per-episode ``sum_t KL(pi(.|s_t) || pi_ref(.|s_t))`` over the agent-token states
     (exact over the vocabulary, ``[B]``): the KL to the reference that is reported, adapted
-    and capped, free of the sampling noise of ``sum_t (log pi(a_t) - log pi_ref(a_t))``."""
+    and capped, free of the sampling noise of ``sum_t (log pi(a_t) - log pi_ref(a_t))``.
+    ``ref``: the reference's logits ``[B, L, V]``, or its :func:`state_logprobs` ``[N, V]``."""
     mask = shifted_action_mask(batch)
-    logp = F.log_softmax(logits[:, :-1][mask].float(), dim=-1)
-    ref = F.log_softmax(ref_logits[:, :-1][mask].float(), dim=-1)
+    logp = state_logprobs(logits, batch)
+    ref = state_logprobs(ref, batch) if ref.dim() == 3 else ref
     per_state = (logp.exp() * (logp - ref)).sum(-1)
     rows = torch.nonzero(mask, as_tuple=True)[0]
     return per_state.new_zeros(mask.shape[0]).index_add(0, rows, per_state)
@@ -253,6 +264,7 @@ class PPO(Learner):
         whiten: bool = True,
         hidden: int = 0,
         detach_value: bool = False,
+        cache_reference: bool = True,
         seed: int = 0,
         reward_model: str | None = None,
     ) -> None:
@@ -275,6 +287,7 @@ class PPO(Learner):
         self.register_buffer("kl_coef", torch.tensor(float(kl_coef)))  # saved with checkpoints
         self.v_head = make_head(hidden_size(model), 1, hidden)
         self.detach_value = detach_value  # the value loss does not train the shared backbone
+        self.cache_reference = cache_reference  # prepare() stores the reference's state log-probs
         self.reference = copy.deepcopy(model)
         self.reference.requires_grad_(False)
         self.reference.eval()
@@ -296,6 +309,12 @@ class PPO(Learner):
     @torch.no_grad()
     def _reference_logits(self, batch: TokenBatch) -> torch.Tensor:
         return self.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def _reference(self, batch: TokenBatch) -> torch.Tensor:
+        """The reference at ``batch``'s agent-token states for :func:`state_kl`: the log-probs
+        :meth:`prepare` stored (``ref_state_logp``; the reference is frozen), else its logits."""
+        cached = batch.get("ref_state_logp")
+        return cached if cached is not None else self._reference_logits(batch)
 
     @torch.no_grad()
     def prepare(self, batch: TokenBatch, reward_fn: Callable[[TokenBatch], torch.Tensor] | None = None) -> TokenBatch:
@@ -321,9 +340,11 @@ class PPO(Learner):
         adv, returns = gae(rewards, values, dones.bool(), mask, self.gamma, self.lam, last_values)
         if self.whiten:
             adv = masked_whiten(adv, mask)
-        kl = state_kl(logits, ref_logits, batch)
+        ref_state_logp = state_logprobs(ref_logits, batch)
+        kl = state_kl(logits, ref_state_logp, batch)
+        cache = {"ref_state_logp": ref_state_logp} if self.cache_reference else {}
         return {**batch, "old_logp": old_logp, "ref_logp": ref_logp, "old_values": values, "adv": adv,
-                "returns": returns, "mask": mask, "kl": kl, "score": (r_env * mask).sum(dim=1)}
+                "returns": returns, "mask": mask, "kl": kl, "score": (r_env * mask).sum(dim=1), **cache}
 
     def loss(self, batch: TokenBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """The PPO loss of a prepared minibatch (:meth:`prepare`)."""
@@ -343,7 +364,7 @@ class PPO(Learner):
         vl = (value_loss(values, batch["old_values"], batch["returns"], self.value_clip) * m).sum() / n
         loss = pg + self.vf_coef * vl
         # per-episode KL of the policy being updated to the reference, at the rollout's states
-        kl_ref = state_kl(logits, self._reference_logits(batch), batch).mean()
+        kl_ref = state_kl(logits, self._reference(batch), batch).mean()
         with torch.no_grad():
             ratio = torch.exp(logp - batch["old_logp"])
             clipfrac = (((ratio - 1).abs() > self.clip_eps).float() * m).sum() / n
@@ -357,7 +378,7 @@ class PPO(Learner):
         """Mean per-episode ``state_kl`` of the current policy at the states of ``prepared``."""
         was_training = self.training
         self.eval()
-        kls = [state_kl(self._forward(p)[2], self._reference_logits(p), p) for p in prepared]
+        kls = [state_kl(self._forward(p)[2], self._reference(p), p) for p in prepared]
         self.train(was_training)
         return float(torch.cat(kls).mean())
 
@@ -396,7 +417,7 @@ class PPO(Learner):
                 break
             optimizer.zero_grad(set_to_none=True)
             for p in prepared:
-                (state_kl(self._forward(p)[2], self._reference_logits(p), p).sum() / sum(
+                (state_kl(self._forward(p)[2], self._reference(p), p).sum() / sum(
                     len(b["input_ids"]) for b in prepared)).backward()
             optimizer.step()
             kl = self.mean_state_kl(prepared)
