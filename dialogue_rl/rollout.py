@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -407,7 +408,12 @@ class BufferedCache(DynamicCache):
         super().__init__()
         self.capacity_hint = int(capacity_hint)
         self.alloc = alloc  # layer index -> its allocator (BufferPool.allocator), or None
-        self.layer_class_to_replicate = self._new_layer
+        # DynamicCache.update calls layer_class_to_replicate() for each new layer. A bound
+        # method stored on the cache would make it a reference cycle, freed only by a full
+        # garbage collection: every turn's cache and its KV buffers would outlive the turn
+        # (PPO's resident size climbed ~60 MiB an iteration on the maze). A weak reference
+        # leaves the cache to reference counting.
+        self.layer_class_to_replicate = _LayerFactory(self)
 
     def _new_layer(self) -> BufferedLayer:
         # DynamicCache.update appends the new layer at index len(self.layers)
@@ -417,6 +423,19 @@ class BufferedCache(DynamicCache):
         if layer_idx >= len(self.layers):
             return BufferedLayer(self.capacity_hint).get_mask_sizes(query_length)
         return self.layers[layer_idx].get_mask_sizes(query_length)
+
+
+class _LayerFactory:
+    """``BufferedCache.layer_class_to_replicate``: makes the cache's next layer through a weak reference."""
+
+    def __init__(self, cache: BufferedCache) -> None:
+        self._cache = weakref.ref(cache)
+
+    def __call__(self) -> BufferedLayer:
+        cache = self._cache()
+        if cache is None:
+            raise ReferenceError("BufferedCache: the cache of this layer factory is gone")
+        return cache._new_layer()
 
 
 def new_cache(
