@@ -25,7 +25,7 @@ from dialogue_rl import checkpoint as ckpt
 from dialogue_rl import distributed
 from dialogue_rl.agents import LMAgent, max_context, SamplingConfig, ScriptedAgent, banned_token_ids
 from dialogue_rl.algos import LEARNERS, Learner
-from dialogue_rl.config import ConfigError, algo_kwargs, apply_algo_settings
+from dialogue_rl.config import ConfigError, EvalConfig, algo_kwargs, apply_algo_settings
 from dialogue_rl.data import ensure_dataset, load_dataset
 from dialogue_rl.data.generate import EVAL_SEED_OFFSET, DataConfig
 from dialogue_rl.evaluation import EvalResult, evaluate, make_env, render_episodes, write_samples
@@ -98,13 +98,23 @@ def learner_agent(learner: Learner, tok, cfg: DictConfig, device: torch.device, 
     return LMAgent(learner.model, codec, sampling, device, seed, banned_ids=banned_token_ids(codec, tok))
 
 
-def run_eval(agent, cfg: DictConfig, n_episodes: int | None = None, env: Any = None) -> EvalResult:
-    """Evaluate ``agent`` on ``cfg.env`` (or ``env``) over the seeds ``eval.seed_offset + i``."""
-    env = cfg.env if env is None else env
+def check_eval_config(cfg: DictConfig) -> None:
+    """The ``eval`` settings every run needs (checked before training, not after it)."""
+    for key in ("n_episodes", "batch_size"):
+        if int(cfg.eval[key]) < 1:
+            raise ConfigError(f"eval.{key}={cfg.eval[key]}: must be >= 1 (every run ends with an evaluation "
+                              f"that results.json reports); fix: eval.{key}={getattr(EvalConfig, key)}")
     offset = int(cfg.eval.get("seed_offset", EVAL_SEED_OFFSET))
     if offset < EVAL_SEED_OFFSET:
         raise ConfigError(f"eval.seed_offset={offset}: evaluation seeds must not overlap dataset seeds; "
-                          f"use a value >= {EVAL_SEED_OFFSET}")
+                          f"fix: eval.seed_offset={EVAL_SEED_OFFSET} (or any value above it)")
+
+
+def run_eval(agent, cfg: DictConfig, n_episodes: int | None = None, env: Any = None) -> EvalResult:
+    """Evaluate ``agent`` on ``cfg.env`` (or ``env``) over the seeds ``eval.seed_offset + i``."""
+    env = cfg.env if env is None else env
+    check_eval_config(cfg)
+    offset = int(cfg.eval.get("seed_offset", EVAL_SEED_OFFSET))
     return evaluate(agent, env.id, dict(env.kwargs), n_episodes=n_episodes or cfg.eval.n_episodes,
                     batch_size=cfg.eval.batch_size, seed_offset=offset, progress=cfg.progress)
 
@@ -149,6 +159,7 @@ def _run_training(cfg: DictConfig, run_dir: Path, base_dir: Path, dist: distribu
     if dist.is_main:
         check_output_dir(run_dir)
     check_env_id(cfg.env.id)
+    check_eval_config(cfg)
     torch.manual_seed(cfg.seed)
     device = distributed.device_of(dist, resolve_device(cfg.device))
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)

@@ -86,6 +86,8 @@ def one_line(rc: int, err: str, *needles: str) -> str:
     ("algo.gama=0.9", ["algo.gama", "unknown key"]),
     ("algo=nope", ["conf/algo/nope.yaml", "bc, dpo, filtered_bc, ilql"]),
     ("env.id=dialogue_rl/Nope-v0", ["env.id", "Nope-v0", "unknown env id", "GuessWhich-v0"]),
+    ("eval.n_episodes=0", ["eval.n_episodes=0", "must be >= 1"]),  # was a results.json of NaNs after training
+    ("eval.seed_offset=5", ["eval.seed_offset=5", "must not overlap dataset seeds"]),  # was checked after training
 ])
 def test_train_config_errors(cli, tmp_path, bad, needles):
     one_line(*cli("train", *TINY, bad, "hydra.run.dir=run"), *needles)
