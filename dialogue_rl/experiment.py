@@ -270,6 +270,7 @@ def _train_online(learner, tok, codec, cfg, device, run_dir, base_dir, logger, p
         cfg.env.id, dict(cfg.env.kwargs), codec, tok.pad_token_id, train_cfg, device,
         banned_ids=banned_token_ids(codec, tok), reward_fn=reward_fn, log_fn=logger.log, eval_fn=log_eval,
         checkpoint_dir=run_dir / "checkpoints", extra={"config": plain_cfg}, rollout_batch=cfg.eval.batch_size,
+        resume=cfg.resume,
     )
     final = _final_eval(learner, tok, cfg, device, run_dir, logger)
     return _write_run_results(run_dir, logger, cfg, plain_cfg, final, {

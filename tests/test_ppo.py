@@ -122,6 +122,43 @@ def test_online_iterations_update_the_policy_not_the_reference():
     assert not any(p.requires_grad for p in learner.reference.parameters())
 
 
+def test_resumed_online_run_gives_the_parameters_of_an_uninterrupted_one(tmp_path):
+    """3 iterations straight, against 2 iterations, a new process-like learner and resume=true
+    for the third: same policy, value head, KL coefficient (adaptive) and optimiser state."""
+    from dialogue_rl.agents import banned_token_ids
+    from dialogue_rl.models.tokenizer import codec as make_codec
+    from dialogue_rl.train import TrainConfig
+
+    class Killed(Exception):
+        pass
+
+    def crash_at(n):  # the log call of iteration n comes before its checkpoint
+        def log_fn(m, step):
+            if step == n:
+                raise Killed
+        return log_fn
+
+    def run(ckdir, resume, log_fn=None):
+        learner, tok = _ppo(rollouts=4, minibatch=2, epochs=2, max_utterance_tokens=6, kl_target=0.5, kl_coef=0.1)
+        c = make_codec(tok)
+        cfg = TrainConfig(steps=3, lr=1e-3, warmup_steps=0, log_every=1, checkpoint_every=1)
+        stats = learner.train_online("dialogue_rl/GuessWhich-v0", {}, c, tok.pad_token_id, cfg, torch.device("cpu"),
+                                     banned_ids=banned_token_ids(c, tok), checkpoint_dir=ckdir, resume=resume,
+                                     log_fn=log_fn)
+        return learner, stats
+
+    straight, _ = run(tmp_path / "a", False)
+    with pytest.raises(Killed):
+        run(tmp_path / "b", False, crash_at(3))
+    resumed, stats = run(tmp_path / "b", True)
+    assert stats["start_step"] == 2
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert straight.kl.value == resumed.kl.value != 0.1  # the controller moved, and was restored exactly
+    ref, start = straight.reference.state_dict(), _ppo()[0].model.state_dict()  # the reference is still the start
+    assert all(torch.equal(ref[k], start[k]) for k in ref)
+
+
 def test_kl_limit_takes_a_kl_step_and_ends_the_iteration(monkeypatch):
     from dialogue_rl.agents import banned_token_ids
     from dialogue_rl.algos.ppo import PPO

@@ -222,6 +222,9 @@ class AdaptiveKLController:
         return self.value
 
 
+#: Key of the KL controller's coefficient in a PPO checkpoint's ``extra`` (for an exact resume).
+KL_STATE_KEY = "ppo_kl_coef"
+
 #: Rollout seeds of online training start here (below the evaluation seeds, see
 #: ``dialogue_rl.data.generate.EVAL_SEED_OFFSET``; a run's seed moves the range).
 ROLLOUT_SEED_OFFSET = 600_000_000
@@ -440,10 +443,16 @@ class PPO(Learner):
         checkpoint_dir: str | Path | None = None,
         extra: dict[str, Any] | None = None,
         rollout_batch: int = 64,
+        resume: bool = False,
     ) -> dict[str, Any]:
         """``cfg.steps`` PPO iterations (``cfg``: a :class:`~dialogue_rl.train.TrainConfig`;
         ``lr``, ``weight_decay``, ``grad_clip``, ``log_every``, ``eval_every``,
-        ``checkpoint_every`` mean what they do in ``fit``; ``batch_size`` is unused)."""
+        ``checkpoint_every`` mean what they do in ``fit``; ``batch_size`` is unused).
+
+        ``resume``: continue from the newest valid checkpoint in ``checkpoint_dir`` (policy,
+        value head, frozen reference, KL coefficient, optimiser, RNG). Every iteration's
+        randomness (rollout seeds, sampling, minibatch order) is a function of the run seed
+        and the iteration, so a resumed run gives the parameters of an uninterrupted one."""
         from dialogue_rl import checkpoint as ckpt
         from dialogue_rl.agents import LMAgent, SamplingConfig
         from dialogue_rl.data.views import collate_tokens, tokenize_dialogue
@@ -453,12 +462,23 @@ class PPO(Learner):
 
         self.to(device)
         optimizer = make_optimizer(self, cfg)
+        first = 0
+        if resume and checkpoint_dir is not None:
+            path = ckpt.latest(checkpoint_dir)
+            if path is not None:
+                state = ckpt.load(path, self, optimizer, restore_rng=True)
+                first = int(state["step"])
+                # the controller's state (the float32 kl_coef buffer rounds it)
+                self.kl.value = float(state["extra"].get(KL_STATE_KEY, float(self.kl_coef)))
+                log.info("resumed from %s (iteration %d)", path, first)
+            else:
+                log.info("resume=true but no checkpoint in %s: starting from scratch", checkpoint_dir)
         sampling = SamplingConfig(greedy=False, temperature=self.temperature, top_k=self.top_k,
                                   max_utterance_tokens=self.max_utterance_tokens)
-        rng = np.random.default_rng([self.seed, 7])
         ctx = max_context(self.model)
         t0, metrics = time.perf_counter(), {}
-        for it in range(cfg.steps):
+        for it in range(first, cfg.steps):
+            rng = np.random.default_rng([self.seed, 7, it])  # minibatch order: per iteration, so resuming is exact
             self.eval()
             agent = LMAgent(self.model, codec, sampling, device, seed=self.seed * 1_000_003 + it, banned_ids=banned_ids)
             base = ROLLOUT_SEED_OFFSET + (self.seed * 10_000_019 + it * self.rollouts) % 300_000_000
@@ -527,6 +547,7 @@ class PPO(Learner):
             if eval_fn is not None and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
                 eval_fn(done)
             if checkpoint_dir is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                ckpt.save(checkpoint_dir, done, self, optimizer, extra, keep=cfg.keep_checkpoints)
-        return {"steps": cfg.steps, "start_step": 0, "wall_s": time.perf_counter() - t0,
+                ckpt.save(checkpoint_dir, done, self, optimizer, {**(extra or {}), KL_STATE_KEY: self.kl.value},
+                          keep=cfg.keep_checkpoints)
+        return {"steps": cfg.steps, "start_step": first, "wall_s": time.perf_counter() - t0,
                 "tokens_per_s": 0.0, "final_metrics": metrics}
