@@ -170,3 +170,15 @@ def load(
             if cuda:
                 torch.cuda.set_rng_state_all(cuda)
     return state
+
+
+def resume(root: str | Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
+    """Load the newest valid checkpoint under ``root`` into ``module`` and ``optimizer``, RNG
+    included (``resume=true`` of a run); its state, or None (logged) when there is none."""
+    path = latest(root)
+    if path is None:
+        log.info("resume=true but no checkpoint in %s: starting from scratch", root)
+        return None
+    state = load(path, module, optimizer, restore_rng=True)
+    log.info("resumed from %s (step %d)", path, int(state["step"]))
+    return state

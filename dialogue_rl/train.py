@@ -207,15 +207,8 @@ def fit(
     if checkpoint_dir is not None and dist.is_main:
         check_output_dir(checkpoint_dir, checkpoint_bytes(learner, cfg.keep_checkpoints))
     optimizer = make_optimizer(learner, cfg)
-    start = 0
-    if resume and checkpoint_dir is not None:
-        path = ckpt.latest(checkpoint_dir)
-        if path is not None:
-            state = ckpt.load(path, learner, optimizer, restore_rng=True)
-            start = int(state["step"])
-            log.info("resumed from %s (step %d)", path, start)
-        else:
-            log.info("resume=true but no checkpoint in %s: starting from scratch", checkpoint_dir)
+    state = ckpt.resume(checkpoint_dir, learner, optimizer) if resume and checkpoint_dir is not None else None
+    start = int(state["step"]) if state is not None else 0
     loss_fn = _wrap(learner, dist, device)
     use_amp = cfg.amp and device.type == "cuda"
     # N processes with grad_accum A run the micro-batches of one process with grad_accum A * N

@@ -462,17 +462,10 @@ class PPO(Learner):
 
         self.to(device)
         optimizer = make_optimizer(self, cfg)
-        first = 0
-        if resume and checkpoint_dir is not None:
-            path = ckpt.latest(checkpoint_dir)
-            if path is not None:
-                state = ckpt.load(path, self, optimizer, restore_rng=True)
-                first = int(state["step"])
-                # the controller's state (the float32 kl_coef buffer rounds it)
-                self.kl.value = float(state["extra"].get(KL_STATE_KEY, float(self.kl_coef)))
-                log.info("resumed from %s (iteration %d)", path, first)
-            else:
-                log.info("resume=true but no checkpoint in %s: starting from scratch", checkpoint_dir)
+        state = ckpt.resume(checkpoint_dir, self, optimizer) if resume and checkpoint_dir is not None else None
+        first = int(state["step"]) if state is not None else 0  # iterations done
+        if state is not None:  # the controller's state (the float32 kl_coef buffer rounds it)
+            self.kl.value = float(state["extra"].get(KL_STATE_KEY, float(self.kl_coef)))
         sampling = SamplingConfig(greedy=False, temperature=self.temperature, top_k=self.top_k,
                                   max_utterance_tokens=self.max_utterance_tokens)
         ctx = max_context(self.model)
