@@ -414,9 +414,12 @@ class SavedAgent:
         return learner_agent(self.learner, self.tokenizer, cfg, self.device, seed)
 
 
-def load_saved_agent(checkpoint: str | Path, base_dir: Path, device: str = "auto") -> SavedAgent:
+def load_saved_agent(checkpoint: str | Path, base_dir: Path, device: str = "auto",
+                     algo_overrides: dict[str, Any] | None = None) -> SavedAgent:
     """Load a checkpoint written by :func:`run_training`: a run directory (its newest valid
-    checkpoint) or a ``checkpoints/step_*`` directory, with the run's tokenizer and config."""
+    checkpoint) or a ``checkpoints/step_*`` directory, with the run's tokenizer and config.
+    ``algo_overrides`` replace keys of the saved algo config before the learner is built
+    (acting knobs such as per-utterance Q's ``act_candidates``; each must be a key it has)."""
     path = _abs(str(checkpoint), base_dir)
     if not path.exists():
         raise ckpt.CheckpointError(
@@ -430,6 +433,12 @@ def load_saved_agent(checkpoint: str | Path, base_dir: Path, device: str = "auto
         path = found
     state = ckpt.verify(path)
     saved = OmegaConf.create(state["extra"]["config"])
+    if algo_overrides:
+        unknown = sorted(set(algo_overrides) - set(saved.algo))
+        if unknown:
+            raise ConfigError(f"algo.{unknown[0]}: not a key of the checkpoint's algo {saved.algo.name!r}; "
+                              f"fix: use one of {', '.join(k for k in saved.algo if k not in ('train', 'eval'))}")
+        saved.algo = OmegaConf.merge(saved.algo, algo_overrides)
     tok_dir = path.parent.parent / "tokenizer"
     if not tok_dir.is_dir():
         raise ckpt.CheckpointError(f"{tok_dir}: tokenizer of the run is missing; fix: pass a checkpoint "
@@ -443,6 +452,15 @@ def load_saved_agent(checkpoint: str | Path, base_dir: Path, device: str = "auto
     return SavedAgent(learner, tok, saved, path, int(state["step"]), dev)
 
 
+def algo_overrides_on_command_line(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any]:
+    """The ``algo.<key>=...`` task overrides as ``{key: value}`` (values as composed in ``cfg``),
+    for evaluating a checkpoint with other acting settings; they need ``algo=<its learner>``
+    on the same command line (the default algo's schema would reject another learner's keys)."""
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    top = [k.split(".")[1] for k in keys if k.startswith("algo.") and k.count(".") == 1]
+    return {k: OmegaConf.to_container(cfg.algo, resolve=True)[k] for k in top}
+
+
 def env_set_on_command_line(overrides: Sequence[str]) -> bool:
     """Whether Hydra task overrides choose or change the env (``env=...``, ``env.x=...``,
     ``+env.kwargs.y=...``)."""
@@ -450,11 +468,12 @@ def env_set_on_command_line(overrides: Sequence[str]) -> bool:
     return any(k == "env" or k.startswith("env.") for k in keys)
 
 
-def run_saved_agent(cfg: DictConfig, run_dir: Path, base_dir: Path, env_from_cli: bool = False) -> dict[str, Any]:
+def run_saved_agent(cfg: DictConfig, run_dir: Path, base_dir: Path, env_from_cli: bool = False,
+                    algo_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint written by :func:`run_training` (its own config and tokenizer)
     on the env it was trained on (its saved env config, kwargs included), or on ``cfg.env``
     when ``env_from_cli`` (the command line set the env: :func:`env_set_on_command_line`)."""
-    loaded = load_saved_agent(cfg.checkpoint, base_dir, cfg.device)
+    loaded = load_saved_agent(cfg.checkpoint, base_dir, cfg.device, algo_overrides)
     saved, path = loaded.config, loaded.path
     env_cfg = cfg.env if env_from_cli else saved.env
     check_env_id(env_cfg.id)

@@ -125,7 +125,8 @@ def test_evaluate_uses_the_checkpoints_env_unless_the_command_line_sets_one(tmp_
 
 def test_utterance_q_run_reports_its_candidate_sampling_cost(tmp_path):
     """A per-utterance Q run writes what its BC candidates cost into results.json: count,
-    candidates/s over sampling time, and the share of the training wall time."""
+    candidates/s over sampling time, and the share of the training wall time; evaluate.py
+    takes acting overrides of its learner."""
     bc = _cli([str(ROOT / "scripts/train.py"), *TINY, "algo=bc", "hydra.run.dir=bc"], tmp_path)
     assert bc.returncode == 0, bc.stderr[-3000:]
     out = _cli([str(ROOT / "scripts/train.py"), *TINY, "algo=utterance_q", "init_from=bc", "algo.n_candidates=2",
@@ -136,6 +137,16 @@ def test_utterance_q_run_reports_its_candidate_sampling_cost(tmp_path):
     assert rep["candidates_sampled"] > 0 and rep["candidates_per_s"] > 0
     assert 0 < rep["sampling_fraction"] < 1
     assert rep["sampling_s"] == pytest.approx(rep["sampling_fraction"] * train["wall_s"])
+    # evaluate.py: algo.* overrides reach the loaded learner (an acting knob), and a key the
+    # checkpoint's learner does not have is one clear line, exit status 2
+    ev = _cli([str(ROOT / "scripts/evaluate.py"), "checkpoint=run", "algo=utterance_q", "algo.act_candidates=3",
+               "eval.n_episodes=2", "progress=false", "hydra.run.dir=ev"], tmp_path)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    res = json.loads((tmp_path / "ev/results.json").read_text())
+    assert res["config"]["algo"]["act_candidates"] == 3 and res["config"]["algo"]["n_candidates"] == 2
+    bad = _cli([str(ROOT / "scripts/evaluate.py"), "checkpoint=bc", "algo=utterance_q", "algo.act_candidates=3",
+                "eval.n_episodes=2", "progress=false", "hydra.run.dir=ev_bad"], tmp_path)
+    assert bad.returncode == 2 and "algo.act_candidates: not a key of the checkpoint's algo 'bc'" in bad.stderr
 
 
 def test_init_from_a_bc_checkpoint_loads_tied_weights(tmp_path):
