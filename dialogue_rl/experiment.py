@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -456,23 +456,29 @@ def algo_overrides_on_command_line(cfg: DictConfig, overrides: Sequence[str]) ->
     """The ``algo.<key>=...`` task overrides as ``{key: value}`` (values as composed in ``cfg``),
     for evaluating a checkpoint with other acting settings; they need ``algo=<its learner>``
     on the same command line (the default algo's schema would reject another learner's keys)."""
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-    top = [k.split(".")[1] for k in keys if k.startswith("algo.") and k.count(".") == 1]
-    return {k: OmegaConf.to_container(cfg.algo, resolve=True)[k] for k in top}
+    top = [k.split(".")[1] for k in _override_keys(overrides)
+           if k.startswith("algo.") and k.count(".") == 1]
+    algo = OmegaConf.to_container(cfg.algo, resolve=True) if top else {}
+    return {k: algo[k] for k in top}
+
+
+def _override_keys(overrides: Iterable[str]) -> list[str]:
+    """The config keys of Hydra task overrides (``+a.b=1`` -> ``a.b``, ``~a`` -> ``a``)."""
+    return [o.split("=", 1)[0].lstrip("+~") for o in overrides]
 
 
 def env_set_on_command_line(overrides: Sequence[str]) -> bool:
     """Whether Hydra task overrides choose or change the env (``env=...``, ``env.x=...``,
     ``+env.kwargs.y=...``)."""
-    keys = (o.split("=", 1)[0].lstrip("+~") for o in overrides)
-    return any(k == "env" or k.startswith("env.") for k in keys)
+    return any(k == "env" or k.startswith("env.") for k in _override_keys(overrides))
 
 
 def run_saved_agent(cfg: DictConfig, run_dir: Path, base_dir: Path, env_from_cli: bool = False,
                     algo_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint written by :func:`run_training` (its own config and tokenizer)
     on the env it was trained on (its saved env config, kwargs included), or on ``cfg.env``
-    when ``env_from_cli`` (the command line set the env: :func:`env_set_on_command_line`)."""
+    when ``env_from_cli`` (the command line set the env: :func:`env_set_on_command_line`), with
+    ``algo_overrides`` applied to its algo config (:func:`load_saved_agent`)."""
     loaded = load_saved_agent(cfg.checkpoint, base_dir, cfg.device, algo_overrides)
     saved, path = loaded.config, loaded.path
     env_cfg = cfg.env if env_from_cli else saved.env

@@ -144,6 +144,8 @@ def test_utterance_q_run_reports_its_candidate_sampling_cost(tmp_path):
     assert ev.returncode == 0, ev.stderr[-3000:]
     res = json.loads((tmp_path / "ev/results.json").read_text())
     assert res["config"]["algo"]["act_candidates"] == 3 and res["config"]["algo"]["n_candidates"] == 2
+    from dialogue_rl.experiment import load_saved_agent
+    assert load_saved_agent("run", tmp_path, "cpu", {"act_candidates": 3}).learner.act_candidates == 3
     bad = _cli([str(ROOT / "scripts/evaluate.py"), "checkpoint=bc", "algo=utterance_q", "algo.act_candidates=3",
                 "eval.n_episodes=2", "progress=false", "hydra.run.dir=ev_bad"], tmp_path)
     assert bad.returncode == 2 and "algo.act_candidates: not a key of the checkpoint's algo 'bc'" in bad.stderr
