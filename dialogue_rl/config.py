@@ -52,10 +52,14 @@ class AlgoConfig:
     """Every learner's config: its ``name`` (the learner), a ``label`` naming its runs and
     report rows (default: the name; two configs of one learner need two labels), and its
     own ``train`` / ``eval`` settings, applied over the run's by :func:`apply_algo_settings`
-    (an online learner counts ``train.steps`` in iterations and wants its own ``lr``)."""
+    (an online learner counts ``train.steps`` in iterations and wants its own ``lr``).
+    ``init_run`` is the label of the sweep run that a learner starting from a supervised
+    model takes when ``init_from`` is unset (``bc``; e.g. ``filtered_bc`` for per-utterance
+    Q sampling its candidates from %BC, ``conf/algo/utterance_q_fbc.yaml``)."""
 
     name: str = MISSING
     label: str = "${.name}"
+    init_run: str = "bc"
     train: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
 
@@ -236,7 +240,7 @@ def register_configs() -> None:
 
 
 #: AlgoConfig keys that are not constructor arguments of the learner
-ALGO_META_KEYS = ("name", "label", "train", "eval")
+ALGO_META_KEYS = ("name", "label", "init_run", "train", "eval")
 
 
 def algo_kwargs(algo_cfg: Any) -> dict[str, Any]:

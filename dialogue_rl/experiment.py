@@ -346,16 +346,18 @@ def _sweep_bc_run(cfg: DictConfig, run_dir: Path) -> Path | None:
     A learner with ``needs_bc_init`` (per-utterance Q samples its candidates from a frozen
     copy of its initial model) takes the BC run of the same data and seed from its own
     sweep directory (``<data>_bc_s<seed>`` next to ``<data>_<algo>_s<seed>``, as the
-    benchmark names them; BC runs first there). Anything else is a clear error.
+    benchmark names them; BC runs first there), or the run labelled ``algo.init_run``
+    (e.g. ``filtered_bc``). Anything else is a clear error.
     """
     if not getattr(LEARNERS.get(cfg.algo.name), "needs_bc_init", False):
         return None
-    sibling = _sweep_sibling(cfg, run_dir, "bc")
+    init_run = cfg.algo.get("init_run") or "bc"
+    sibling = _sweep_sibling(cfg, run_dir, init_run)
     if sibling is not None:
-        log.info("%s starts from the BC run of its sweep: %s", algo_label(cfg), sibling)
+        log.info("%s starts from the %s run of its sweep: %s", algo_label(cfg), init_run, sibling)
         return sibling
-    raise ConfigError(f"algo={cfg.algo.name} starts from a BC model: pass init_from=<BC run dir "
-                      "or its checkpoints/step_*>, or sweep algo=bc first into the same sweep directory")
+    raise ConfigError(f"algo={cfg.algo.name} starts from a {init_run} model: pass init_from=<{init_run} run dir "
+                      f"or its checkpoints/step_*>, or sweep algo={init_run} first into the same sweep directory")
 
 
 def algo_label(cfg: DictConfig) -> str:

@@ -232,7 +232,7 @@ def test_benchmark_presets_compose(preset):
     assert {"bc", "filtered_bc", "ilql", "mc", "utterance_q"} <= names  # every offline learner
     assert len(labels) == len(algos)  # one run directory and one report row each
     if preset == "benchmark_full":  # the online and preference rows (too slow for the CPU presets)
-        assert {"reward_model", "ppo", "ppo_learned", "dpo"} <= labels
+        assert {"reward_model", "ppo", "ppo_learned", "dpo", "utterance_q_fbc"} <= labels
     assert cfg.skip_finished and cfg.resume
     assert params.env and params.seed is not None
     assert cfg.hydra.sweep.dir == f"multirun/{preset}"  # fixed, so a rerun resumes the same sweep

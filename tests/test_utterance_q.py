@@ -2,6 +2,7 @@
 candidate cache, update, checkpointing, and stitching on the toy task."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -325,3 +326,23 @@ def test_needs_a_bc_run_and_finds_the_one_of_its_sweep(tmp_path):
     rm.mkdir()
     (rm / "results.json").write_text("{}")
     assert _sweep_sibling(learned, tmp_path / "guess_which_ppo_learned_s1", "reward_model") == rm
+    # init_run names another supervised run to start from (conf/algo/utterance_q_fbc.yaml)
+    fbc_uq = OmegaConf.create({"algo": {"name": "utterance_q", "label": "utterance_q_fbc", "init_run": "filtered_bc"}})
+    with pytest.raises(ConfigError, match="filtered_bc"):
+        _sweep_bc_run(fbc_uq, tmp_path / "guess_which_utterance_q_fbc_s1")
+    fbc = tmp_path / "guess_which_filtered_bc_s1"
+    fbc.mkdir()
+    (fbc / "results.json").write_text("{}")
+    assert _sweep_bc_run(fbc_uq, tmp_path / "guess_which_utterance_q_fbc_s1") == fbc
+
+
+def test_utterance_q_fbc_config_composes_and_builds_the_learner():
+    from hydra import compose, initialize_config_dir
+
+    from dialogue_rl.config import algo_kwargs, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["algo=utterance_q_fbc"])
+    assert cfg.algo.name == "utterance_q" and cfg.algo.label == "utterance_q_fbc"
+    assert cfg.algo.init_run == "filtered_bc" and "init_run" not in algo_kwargs(cfg.algo)
