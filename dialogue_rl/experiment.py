@@ -25,7 +25,7 @@ from dialogue_rl import checkpoint as ckpt
 from dialogue_rl import distributed
 from dialogue_rl.agents import LMAgent, max_context, SamplingConfig, ScriptedAgent, banned_token_ids
 from dialogue_rl.algos import LEARNERS, Learner
-from dialogue_rl.config import ConfigError, EvalConfig, algo_kwargs, apply_algo_settings
+from dialogue_rl.config import ALGO_META_KEYS, ConfigError, EvalConfig, algo_kwargs, apply_algo_settings
 from dialogue_rl.data import ensure_dataset, load_dataset
 from dialogue_rl.data.generate import EVAL_SEED_OFFSET, DataConfig
 from dialogue_rl.evaluation import EvalResult, evaluate, make_env, render_episodes, write_samples
@@ -439,7 +439,7 @@ def load_saved_agent(checkpoint: str | Path, base_dir: Path, device: str = "auto
         unknown = sorted(set(algo_overrides) - set(saved.algo))
         if unknown:
             raise ConfigError(f"algo.{unknown[0]}: not a key of the checkpoint's algo {saved.algo.name!r}; "
-                              f"fix: use one of {', '.join(k for k in saved.algo if k not in ('train', 'eval'))}")
+                              f"fix: use one of {', '.join(k for k in saved.algo if k not in ALGO_META_KEYS)}")
         saved.algo = OmegaConf.merge(saved.algo, algo_overrides)
     tok_dir = path.parent.parent / "tokenizer"
     if not tok_dir.is_dir():

@@ -346,3 +346,8 @@ def test_utterance_q_fbc_config_composes_and_builds_the_learner():
         cfg = compose("train", overrides=["algo=utterance_q_fbc"])
     assert cfg.algo.name == "utterance_q" and cfg.algo.label == "utterance_q_fbc"
     assert cfg.algo.init_run == "filtered_bc" and "init_run" not in algo_kwargs(cfg.algo)
+    from dialogue_rl.experiment import make_learner
+
+    tok = build_word_tokenizer(StitchEnv.vocabulary(), [])
+    learner = make_learner(cfg.algo, build_model(TINY, tok))
+    assert isinstance(learner, UtteranceQ) and learner.n_candidates == cfg.algo.n_candidates
